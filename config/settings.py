@@ -1,0 +1,190 @@
+"""The node's one typed configuration object.
+
+Read from a YAML file and from environment variables (``THYROID_NODE_...``,
+nested fields joined with ``__``, e.g. ``THYROID_NODE_COMPLETENESS__QUIET_PERIOD_S=5``);
+environment variables win over the file. Every default lives here.
+Validation happens once, at start-up, and names the failing field.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
+
+QUEUES = ("nm", "ct", "us", "export")
+
+
+def _check_ae(value: str) -> str:
+    if not AE_TITLE_RE.match(value) or not value.strip():
+        raise ValueError(f"not a valid AE title (1-16 printable characters, no backslash): {value!r}")
+    return value.strip()
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AllowedCaller(_Strict):
+    """A calling AE title that may send to the node, optionally only from one host."""
+
+    ae_title: str
+    host: str | None = None
+
+    _ae = field_validator("ae_title")(_check_ae)
+
+
+class Completeness(_Strict):
+    """When a study counts as complete: a quiet period, or a forced limit."""
+
+    quiet_period_s: float = Field(10.0, gt=0)
+    forced_limit_s: float = Field(900.0, gt=0)
+    sweep_interval_s: float = Field(1.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _limit_after_quiet(self) -> "Completeness":
+        if self.forced_limit_s < self.quiet_period_s:
+            raise ValueError("forced_limit_s must be >= quiet_period_s")
+        return self
+
+
+class Destination(_Strict):
+    """A DICOM peer (usually the PACS) that receives the node's results."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    _ae = field_validator("ae_title")(_check_ae)
+
+
+class Match(_Strict):
+    """What a series must show for a rule to take it. Empty fields match anything."""
+
+    modality: list[str] = []
+    sop_class_uid: list[str] = []
+    body_part: list[str] = []
+    series_description: str | None = None  # a regular expression, searched case-insensitively
+    calling_ae: list[str] = []
+
+    @field_validator("series_description")
+    @classmethod
+    def _regex_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            re.compile(value)
+        return value
+
+
+class Rule(_Strict):
+    """A routing rule: series that match go to ``pipeline`` on ``queue``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    match: Match = Match()
+    pipeline: str
+    queue: Literal["nm", "ct", "us"]
+
+
+def _default_rules() -> list[Rule]:
+    return [
+        Rule(name="nm-thyroid", match=Match(modality=["NM"]), pipeline="nm_thyroid_dx", queue="nm"),
+    ]
+
+
+class Settings(BaseSettings):
+    """Everything the node, its workers and its tools are configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="THYROID_NODE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    ae_title: str = "THYROID_AI"
+    bind_address: str = "127.0.0.1"
+    port: int = Field(11112, ge=0, le=65535)
+    allowed_callers: list[AllowedCaller] = []  # empty: any calling AE title may send
+    data_dir: Path = Path("var")
+    min_free_disk_mb: int = Field(500, ge=0)
+    max_pdu: int = Field(0, ge=0)  # 0: unlimited
+    completeness: Completeness = Completeness()
+    broker_url: str | None = None  # None: embedded SQLite broker under data_dir
+    destinations: list[Destination] = []
+    routes: list[Rule] = Field(default_factory=_default_rules)
+    models: dict[str, str] = {"nm_thyroid_dx": "demo"}  # name -> bundle dir, or "demo"
+    export_max_retries: int = Field(40, ge=0)
+    export_backoff_s: float = Field(5.0, gt=0)
+    export_backoff_max_s: float = Field(300.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    _ae = field_validator("ae_title")(_check_ae)
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def effective_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        return f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.broker_url
+
+    @model_validator(mode="after")
+    def _rules_name_models(self) -> "Settings":
+        names = [r.name for r in self.routes]
+        if len(names) != len(set(names)):
+            raise ValueError("routes: rule names must be unique")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: it overrides the file, which arrives as init kwargs.
+        return env_settings, init_settings
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the failing field(s)."""
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read the YAML file (if any), apply env vars and ``overrides``, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data.update(loaded)
+        # Relative data_dir in a file is taken relative to the file.
+        if "data_dir" in data and not Path(str(data["data_dir"])).is_absolute():
+            data["data_dir"] = str(Path(path).resolve().parent / str(data["data_dir"]))
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"  {where}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from exc

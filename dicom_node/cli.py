@@ -1,0 +1,241 @@
+"""``thyroid-node``: the node's one command line.
+
+serve         listener + completeness sweeper (+ embedded workers when no broker is set)
+worker        a Celery worker for given queues (GPU hosts run this)
+check-config  validate a config file and print the effective settings
+route         --dry-run DIR: which rule each study in a folder would take
+replay        run a pipeline on a folder of DICOM files, write the outputs as .dcm (no broker, no network)
+build-demo    train the phantom demo weights of a zoo model into the cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from config.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("thyroid_node")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+# ----------------------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dicom_node.receive import build_ae
+    from dicom_node.route import Route
+    from dicom_node.spool import Spool
+    from dicom_node.sweep import Sweeper
+    from workers.celery_app import INFER_TASK, create_app
+
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+    spool = Spool(settings.spool_dir)
+    app = create_app(settings)
+
+    def dispatch(job_id: str, r: Route) -> None:
+        app.send_task(INFER_TASK, args=[job_id, r.name], queue=r.queue)
+
+    children: list[subprocess.Popen[bytes]] = []
+    if settings.embedded_broker and not args.no_workers:
+        # No broker server: run the workers here, one for inference, one for export,
+        # so a long inference never holds results back from the PACS.
+        for queues in ("nm,ct,us", "export"):
+            cmd = [sys.executable, "-m", "dicom_node.cli", "worker", "--queues", queues]
+            if args.config:
+                cmd += ["--config", str(args.config)]
+            children.append(subprocess.Popen(cmd))
+        log.info("embedded broker %s; started %d worker processes", settings.effective_broker_url, len(children))
+
+    ae, handlers = build_ae(settings, spool)
+    sweeper = Sweeper(spool, settings, dispatch)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = ae.start_server((settings.bind_address, settings.port), block=False, evt_handlers=handlers)
+    sweeper.start()
+    log.info("listening as %s on %s:%d; spool %s", settings.ae_title, settings.bind_address, settings.port, settings.spool_dir)
+    try:
+        while not stop.wait(1.0):
+            for child in children:
+                if child.poll() is not None:
+                    log.error("a worker process exited (%s); stopping", child.returncode)
+                    stop.set()
+    finally:
+        server.shutdown()
+        sweeper.stop()
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        log.info("stopped")
+    return 0
+
+
+# ---------------------------------------------------------------------------- worker
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.celery_app import create_app
+
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+    app = create_app(settings)
+    argv = ["worker", "-Q", args.queues, "--pool", "solo", "--loglevel", settings.log_level,
+            "-n", f"thyroid-{args.queues.replace(',', '-')}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+    app.worker_main(argv)
+    return 0
+
+
+# ---------------------------------------------------------------------- check-config
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    print(f"OK: configuration valid (broker: {'embedded ' + settings.effective_broker_url if settings.embedded_broker else settings.broker_url})")
+    return 0
+
+
+# ------------------------------------------------------------------- route --dry-run
+def _manifests_of_folder(folder: Path) -> tuple[dict[str, object], dict[str, list[Path]]]:
+    from dicom_node.headers import read_meta
+    from dicom_node.spool import SeriesInfo, StudyManifest
+
+    manifests: dict[str, StudyManifest] = {}
+    files: dict[str, list[Path]] = defaultdict(list)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        meta = read_meta(path)
+        if meta is None:
+            continue
+        m = manifests.setdefault(meta.study_instance_uid, StudyManifest(meta.study_instance_uid))
+        s = m.series.setdefault(meta.series_instance_uid, SeriesInfo(meta.modality, meta.sop_class_uid, meta.body_part, meta.series_description))
+        s.instances.append(meta.sop_instance_uid)
+        files[meta.series_instance_uid].append(path)
+    return manifests, files  # type: ignore[return-value]
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from dicom_node.route import explain_no_route, route
+    from dicom_node.uids import study_key
+
+    settings = _settings(args)
+    manifests, _ = _manifests_of_folder(Path(args.dir))
+    if not manifests:
+        print(f"no readable DICOM files under {args.dir}")
+        return 1
+    for uid, m in manifests.items():
+        routes = route(m, settings.routes)  # type: ignore[arg-type]
+        print(f"study {study_key(uid)} ({m.instance_count} instances):")  # type: ignore[attr-defined]
+        if not routes:
+            print(f"  ignored: {explain_no_route(m, settings.routes)}")  # type: ignore[arg-type]
+        for r in routes:
+            print(f"  rule {r.name} -> pipeline {r.pipeline} on queue {r.queue} ({len(r.series)} series)")
+    return 0
+
+
+# ---------------------------------------------------------------------------- replay
+def cmd_replay(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from pydicom import dcmread
+
+    from dicom_node.route import route
+    from workers.infer import encode_files, get_pipeline
+    from workers.models import load_models
+
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+    manifests, files = _manifests_of_folder(Path(args.in_dir))
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for m in manifests.values():
+        if args.pipeline:
+            plan = [(args.pipeline, list(m.series))]  # type: ignore[attr-defined]
+        else:
+            plan = [(r.pipeline, list(r.series)) for r in route(m, settings.routes)]  # type: ignore[arg-type]
+        if not plan:
+            log.info("a study matched no rule; skipped (use --pipeline to force one)")
+        for pipeline_name, series in plan:
+            pipeline = get_pipeline(pipeline_name)
+            models = load_models(pipeline.MODELS, settings)
+            sources = [dcmread(p) for s in series for p in files[s]]
+            objects = pipeline.process(sources, models, datetime.now().replace(microsecond=0))
+            for name, data in encode_files(objects).items():
+                (out / name).write_bytes(data)
+                written += 1
+    print(f"wrote {written} object(s) to {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------ build-demo
+def cmd_build_demo(args: argparse.Namespace) -> int:
+    from model_zoo.demo import ensure_demo_bundle
+
+    _setup_logging("INFO")
+    started = time.monotonic()
+    for name in args.models:
+        path = ensure_demo_bundle(name)
+        print(f"{name}: demo bundle ready at {path}")
+    print(f"done in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="thyroid-node", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help_: str) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--config", type=Path, default=os.environ.get("THYROID_NODE_CONFIG"), help="YAML config file (default: $THYROID_NODE_CONFIG, else built-in defaults)")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("serve", cmd_serve, "run the DICOM listener and the completeness sweeper")
+    p.add_argument("--no-workers", action="store_true", help="with the embedded broker, do not start worker processes")
+    p = add("worker", cmd_worker, "run a Celery worker")
+    p.add_argument("--queues", default="nm,ct,us,export", help="comma-separated queues (nm, ct, us, export)")
+    add("check-config", cmd_check_config, "validate the configuration")
+    p = add("route", cmd_route, "show which rule each study in a folder would take")
+    p.add_argument("--dry-run", dest="dir", required=True, metavar="DIR")
+    p = add("replay", cmd_replay, "run a pipeline on a folder of DICOM files, no broker, no network")
+    p.add_argument("--in", dest="in_dir", required=True, metavar="DIR")
+    p.add_argument("--out", dest="out_dir", required=True, metavar="DIR")
+    p.add_argument("--pipeline", default=None)
+    p = add("build-demo", cmd_build_demo, "train the demo (phantom) weights into the cache")
+    p.add_argument("models", nargs="*", default=["nm_thyroid_dx"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"thyroid-node: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Sending results back: a C-STORE SCU that checks every returned status."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+
+from config.settings import Destination
+from dicom_node import status
+from dicom_node.receive import set_nodelay
+
+log = logging.getLogger(__name__)
+
+
+class TransientSendError(Exception):
+    """The destination could not be reached or refused for now: retry later.
+
+    ``stored`` holds the SOP Instance UIDs that did reach the destination.
+    """
+
+    def __init__(self, message: str, stored: set[str] | None = None) -> None:
+        super().__init__(message)
+        self.stored = set(stored or ())
+
+
+class PermanentSendError(Exception):
+    """The destination refuses these objects for good (e.g. SOP class not supported)."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+
+
+def describe(path: Path) -> Outgoing:
+    ds = dcmread(path, stop_before_pixels=True)
+    return Outgoing(path, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.file_meta.TransferSyntaxUID))
+
+
+def send_files(
+    destination: Destination,
+    files: list[Outgoing],
+    *,
+    calling_ae: str,
+    already_sent: set[str] | None = None,
+    timeout_s: float = 60,
+) -> set[str]:
+    """C-STORE ``files`` to ``destination``; return the SOP Instance UIDs it stored.
+
+    Files whose UID is in ``already_sent`` are skipped. Raises TransientSendError when the
+    association fails or some object was not stored (the caller retries the rest later), and
+    PermanentSendError when the peer rejects every context for an object.
+    """
+    done = set(already_sent or ())
+    todo = [f for f in files if f.sop_instance_uid not in done]
+    if not todo:
+        return done
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    for sop_class in sorted({f.sop_class_uid for f in todo}):
+        syntaxes = sorted({f.transfer_syntax_uid for f in todo if f.sop_class_uid == sop_class})
+        for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            if ts not in syntaxes:
+                syntaxes.append(ts)
+        ae.add_requested_context(sop_class, syntaxes)
+    assoc = ae.associate(
+        destination.host, destination.port, ae_title=destination.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)]
+    )
+    if not assoc.is_established:
+        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not reachable"
+        raise TransientSendError(f"{destination.name}: association {why}", done)
+    failures: list[str] = []
+    refused_classes: set[str] = set()
+    try:
+        accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+        for item in todo:
+            if item.sop_class_uid not in accepted:
+                refused_classes.add(item.sop_class_uid)
+                continue
+            rsp = assoc.send_c_store(item.path)
+            code = getattr(rsp, "Status", None)
+            if code in status.STORED_STATUSES:
+                done.add(item.sop_instance_uid)
+            else:
+                failures.append("no response" if code is None else f"0x{int(code):04X}")
+                if not assoc.is_established:
+                    break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if failures:
+        raise TransientSendError(
+            f"{destination.name}: {len(failures)} object(s) not stored ({', '.join(sorted(set(failures)))})", done
+        )
+    if refused_classes:
+        raise PermanentSendError(f"{destination.name}: refuses SOP class(es) {', '.join(sorted(refused_classes))}")
+    log.info("sent %d object(s) to %s", len(todo), destination.name)
+    return done

@@ -1,0 +1,94 @@
+"""The completeness sweeper: closes quiet studies, routes them, hands them to the queue."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from config.settings import Settings
+from dicom_node.complete import CompletenessPolicy, completion_reason, is_complete
+from dicom_node.route import Route, explain_no_route, route
+from dicom_node.spool import Spool
+from dicom_node.uids import study_key
+
+log = logging.getLogger(__name__)
+
+Dispatch = Callable[[str, Route], None]
+
+
+class Sweeper:
+    """Runs one ``tick`` every ``sweep_interval_s`` in a thread of the listener process."""
+
+    def __init__(self, spool: Spool, settings: Settings, dispatch: Dispatch) -> None:
+        self.spool = spool
+        self.settings = settings
+        self.dispatch = dispatch
+        self.policy = CompletenessPolicy(settings.completeness.quiet_period_s, settings.completeness.forced_limit_s)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self, now: float | None = None) -> list[str]:
+        """One pass: persist manifests, close complete studies, (re)dispatch routed jobs."""
+        now = time.time() if now is None else now
+        self.spool.flush()
+        closed = []
+        for manifest in self.spool.incoming():
+            if is_complete(manifest, now, self.policy):
+                reason = completion_reason(manifest, now, self.policy)
+                job_id = self.spool.close_study(manifest.study_instance_uid, now)
+                log.info(
+                    "study %s complete (%s, %d instances): job %s",
+                    study_key(manifest.study_instance_uid), reason, manifest.instance_count, job_id,
+                )
+                self.route_job(job_id)
+                closed.append(job_id)
+        self.redispatch()
+        return closed
+
+    def route_job(self, job_id: str) -> None:
+        manifest = self.spool.job_manifest(job_id)
+        routes = route(manifest, self.settings.routes)
+        if not routes:
+            why = explain_no_route(manifest, self.settings.routes)
+            self.spool.move_job(job_id, "ignored", "reason.json", {"reason": why, "at": time.time()})
+            log.info("job %s ignored: %s", job_id, why)
+            return
+        self.spool.write_json(job_id, "routes.json", [r.as_dict() for r in routes])
+
+    def redispatch(self) -> None:
+        """Hand every routed job's routes to the queue once; retried while the broker is down."""
+        for job_id in self.spool.jobs("jobs"):
+            job_dir = self.spool.job_dir(job_id)
+            if not (job_dir / "routes.json").exists():
+                continue
+            for raw in self.spool.read_json(job_id, "routes.json"):
+                marker = job_dir / f".dispatched-{raw['name']}"
+                if marker.exists():
+                    continue
+                r = Route(raw["name"], raw["pipeline"], raw["queue"], tuple(raw["series"]))
+                try:
+                    self.dispatch(job_id, r)
+                except Exception as exc:  # broker down: keep the job, try again next tick
+                    log.error("job %s route %s not dispatched (%s); will retry", job_id, r.name, exc)
+                    return
+                marker.touch()
+                log.info("job %s route %s -> queue %s (%s)", job_id, r.name, r.queue, r.pipeline)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sweeper", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.completeness.sweep_interval_s):
+            try:
+                self.tick()
+            except Exception:  # the sweeper must outlive one bad study
+                log.exception("sweep failed; next sweep in %.1f s", self.settings.completeness.sweep_interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.spool.flush()

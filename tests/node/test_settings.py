@@ -1,0 +1,57 @@
+"""The typed settings: file, environment, validation naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config.settings import ConfigError, load_settings
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example.yaml"
+
+
+def test_defaults_need_no_file() -> None:
+    s = load_settings()
+    assert s.embedded_broker and s.effective_broker_url.startswith("sqla+sqlite:///")
+    assert s.completeness.quiet_period_s == 10
+    assert [r.queue for r in s.routes] == ["nm"]
+
+
+def test_example_config_is_valid() -> None:
+    s = load_settings(EXAMPLE)
+    assert s.destinations and s.routes
+
+
+def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text("port: 104\ncompleteness: {quiet_period_s: 3}\n")
+    monkeypatch.setenv("THYROID_NODE_PORT", "11113")
+    s = load_settings(cfg)
+    assert s.port == 11113 and s.completeness.quiet_period_s == 3
+    assert s.data_dir == tmp_path / "var"  # relative to the file
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ("port: 70000\n", "port"),
+        ("ae_title: 'MUCH_TOO_LONG_AE_TITLE'\n", "ae_title"),
+        ("destinations: [{name: pacs, ae_title: P, host: h, port: 0}]\n", "destinations.0.port"),
+        ("routes: [{name: r, pipeline: p, queue: gpu}]\n", "routes.0.queue"),
+        ("completeness: {quiet_period_s: 20, forced_limit_s: 5}\n", "completeness"),
+        ("bogus: 1\n", "bogus"),
+        ("routes: [{name: r, pipeline: p, queue: nm, match: {series_description: '('}}]\n", "routes.0.match.series_description"),
+    ],
+)
+def test_invalid_config_names_the_field(tmp_path: Path, text: str, field: str) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert f"  {field}" in str(err.value)
+
+
+def test_unreadable_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "missing.yaml")

@@ -1,0 +1,127 @@
+"""Coded concepts the encoders write, and where each one comes from.
+
+Standard codes (checked against pydicom's copy of PS3.16 and LOINC's table):
+
+* ``(30695-1, LN, "NM Thyroid gland Views")``: Procedure Reported.  LOINC's
+  radiology (RSNA Playbook) code for a planar thyroid scintigram; PS3.16 CID
+  7000 lists the same code as "Nuclear Medicine Thyroid Scan Report".
+* ``(69748006, SCT, "Thyroid structure")``: Finding Site.
+* ``(109102, DCM, "Processing Equipment")``: Purpose of Reference of the
+  Contributing Equipment item that names this node.
+* ``(121322, DCM, "Source image for image processing operation")``: Purpose of
+  Reference of the SC's Source Image Sequence item (CID 7202).
+* ``(1, UCUM, "no units")``: unit of a probability.
+
+Private codes, scheme ``99THYAI`` (declared in each object's Coding Scheme
+Identification Sequence by :func:`private_coding_scheme`): one concept per
+class probability ("Probability of <class>"), and the few TID 1501 qualitative
+evaluations no standard code says as plainly (analysis result, reason, frame
+choice, disclaimer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Final
+
+import highdicom as hd
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.sr.codedict import codes
+
+from workers.pipelines.results import Code
+
+PRIVATE_SCHEME: Final[str] = "99THYAI"
+PRIVATE_SCHEME_NAME: Final[str] = "Thyroid AI Node private codes"
+
+PROCEDURE_THYROID_SCINTIGRAPHY: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept(
+    value="30695-1", scheme_designator="LN", meaning="NM Thyroid gland Views"
+)
+THYROID_STRUCTURE: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept(
+    value="69748006", scheme_designator="SCT", meaning="Thyroid structure"
+)
+PROCESSING_EQUIPMENT: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(
+    codes.DCM.ProcessingEquipment
+)
+SOURCE_IMAGE_FOR_PROCESSING: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(
+    codes.DCM.SourceImageForImageProcessingOperation
+)
+NO_UNITS: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.UCUM.NoUnits)
+
+
+def _private(value: str, meaning: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(value=value, scheme_designator=PRIVATE_SCHEME, meaning=meaning)
+
+
+ANALYSIS_RESULT: Final[hd.sr.CodedConcept] = _private("ANALYSIS-RESULT", "AI analysis result")
+NOT_ANALYSABLE: Final[hd.sr.CodedConcept] = _private("NOT-ANALYSABLE", "Not analysable")
+REASON_NOT_ANALYSABLE: Final[hd.sr.CodedConcept] = _private("REASON", "Reason not analysable")
+FRAME_CHOICE: Final[hd.sr.CodedConcept] = _private("FRAME-CHOICE", "Frame selection")
+DISCLAIMER: Final[hd.sr.CodedConcept] = _private("DISCLAIMER", "Disclaimer")
+
+_SH_MAX: Final[int] = 16  # Code Value is SH
+_LO_MAX: Final[int] = 64  # Code Meaning is LO
+
+
+def to_coded_concept(code: Code) -> hd.sr.CodedConcept:
+    """Turn a model card's :class:`~workers.pipelines.results.Code` into highdicom's.
+
+    Parameters
+    ----------
+    code : Code
+        Value, scheme designator and meaning.
+
+    Returns
+    -------
+    highdicom.sr.CodedConcept
+        The same concept.
+    """
+    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
+
+
+def probability_concept(class_key: str, class_code: Code) -> hd.sr.CodedConcept:
+    """Concept name of the measurement "probability of <class>".
+
+    The value is ``P-<KEY>`` (``P-GRAVES``); keys too long for a 16-character
+    Code Value keep a readable head and a hash of the whole key, so that two
+    keys never share a code.
+
+    Parameters
+    ----------
+    class_key : str
+        The model card's label key, e.g. ``"graves"``.
+    class_code : Code
+        The class as a coded concept; its meaning names the measurement.
+
+    Returns
+    -------
+    highdicom.sr.CodedConcept
+        A concept of the private scheme :data:`PRIVATE_SCHEME`.
+    """
+    key = re.sub(r"[^A-Z0-9_]", "_", class_key.upper())
+    value = f"P-{key}"
+    if len(value) > _SH_MAX:
+        digest = hashlib.sha256(class_key.encode()).hexdigest()[:4].upper()
+        value = f"P-{key[: _SH_MAX - 7]}-{digest}"
+    meaning = f"Probability of {class_code.meaning}"[:_LO_MAX]
+    return _private(value, meaning)
+
+
+def private_coding_scheme(manufacturer: str) -> CodingSchemeIdentificationItem:
+    """Coding Scheme Identification item that declares :data:`PRIVATE_SCHEME`.
+
+    Parameters
+    ----------
+    manufacturer : str
+        Organisation responsible for the scheme.
+
+    Returns
+    -------
+    highdicom.coding_schemes.CodingSchemeIdentificationItem
+        Item for the Coding Scheme Identification Sequence.
+    """
+    return CodingSchemeIdentificationItem(
+        designator=PRIVATE_SCHEME,
+        name=PRIVATE_SCHEME_NAME,
+        responsible_organization=manufacturer,
+    )

@@ -1,0 +1,320 @@
+"""NM thyroid results as a TID 1500 Measurement Report (Comprehensive 3D SR).
+
+Document layout (all built with highdicom's template classes)::
+
+    Imaging Measurement Report (TID 1500)
+      Language, Observation Context: device observer = the algorithm
+        (UID derived from model name, version and weights checksum; name
+        "<model name> <version>", model name, manufacturer)
+      Procedure Reported (30695-1, LN, "NM Thyroid gland Views")
+      Image Library: every source instance
+      Imaging Measurements
+        per NMDiagnosis, one Measurement Group (TID 1501):
+          Tracking Identifier + Tracking Unique Identifier (deterministic)
+          Finding = the predicted class (ClassProbability.code)
+          Finding Site = (69748006, SCT, "Thyroid structure")
+          Algorithm Identification (TID 4019): model name, version, weights
+          one measurement per class: "Probability of <class>" (99THYAI),
+            value 0..1, unit (1, UCUM, "no units"), with the algorithm again
+          TEXT qualitative evaluations (TID 1501 row 12): frame selection,
+            disclaimer when demo
+          Source Image for Measurement Group (+ frame number when given)
+        per NotAnalysable, one Measurement Group:
+          Tracking Identifier, Finding Site, Algorithm Identification
+          CODE evaluation "AI analysis result" = "Not analysable" (99THYAI)
+          TEXT evaluation "Reason not analysable" = the pipeline's reason
+          Source Image for Measurement Group
+
+Choices
+-------
+* DEMO marking: when ``ModelInfo.demo`` the text "DEMO - not for clinical
+  use" is (1) the start of the Series Description, which every PACS series
+  list and OHIF's study browser show, (2) a TEXT "Disclaimer" evaluation in
+  every measurement group, which SR renderers (OHIF's SR viewport, dsrdump,
+  PACS text views) show next to the result, and (3) the start of the
+  Contribution Description.  Algorithm Name stays the bare model name so that
+  machines can match it.
+* Flags: Completion COMPLETE (nothing more will be added), Verification
+  UNVERIFIED and Preliminary PRELIMINARY: an AI result awaiting a physician,
+  never a final report.
+* Series: new series in the source study, Series Number
+  :data:`SR_SERIES_NUMBER`; Series/SOP Instance UIDs derived from study,
+  sources, model name and version (:mod:`workers.encode.uids`), so a re-run
+  replaces the earlier document.
+* Times: Content Date/Time, Instance Creation Date/Time and the processing
+  equipment's Contribution DateTime all come from ``content_datetime``: the
+  same input gives a byte-identical file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+from collections.abc import Sequence
+from typing import Final
+
+import highdicom as hd
+import pydicom
+from highdicom.sr.templates import Template
+from pydicom.sr.codedict import codes
+
+from workers.encode import codes as thy_codes
+from workers.encode.common import (
+    DEFAULT_MANUFACTURER,
+    number_of_frames,
+    pin_datetimes,
+    processing_equipment,
+    select_source,
+    series_description,
+)
+from workers.encode.uids import ObjectKind, device_uid, output_uids, tracking_uid
+from workers.pipelines.results import (
+    ModelInfo,
+    NMDiagnosis,
+    NMResults,
+    NotAnalysable,
+    SourceImage,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Series Number of the SR series: high, so that PACS lists it after the
+#: acquired series; fixed, so that re-runs land in the same place.
+SR_SERIES_NUMBER: Final[int] = 9901
+SR_INSTANCE_NUMBER: Final[int] = 1
+SR_SERIES_BASE: Final[str] = "AI thyroid scintigraphy SR"
+
+
+class TextQualitativeEvaluation(hd.sr.QualitativeEvaluation):
+    """TID 1501 row 12: a qualitative evaluation in text form.
+
+    highdicom 0.28 offers the CODE form (row 11) only; this is the same
+    single-item template with a TEXT content item, so that the group's
+    constructor accepts it and validates the rest as usual.
+    """
+
+    def __init__(self, name: hd.sr.CodedConcept, value: str) -> None:
+        """
+        Parameters
+        ----------
+        name : highdicom.sr.CodedConcept
+            Concept name of the evaluation.
+        value : str
+            The text.
+        """
+        item = hd.sr.TextContentItem(
+            name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+        Template.__init__(self, [item])
+
+
+def _model_of(results: NMResults) -> ModelInfo:
+    models = {d.model for d in results.diagnoses} | {n.model for n in results.not_analysable}
+    if len(models) != 1:
+        raise ValueError(f"an SR holds the results of exactly one model, got {len(models)}")
+    return models.pop()
+
+
+def _source_ref(source: SourceImage, ds: pydicom.Dataset) -> hd.sr.SourceImageForMeasurementGroup:
+    frames = None
+    if source.frame_number is not None:
+        if not 1 <= source.frame_number <= number_of_frames(ds):
+            raise ValueError(
+                f"frame {source.frame_number} outside 1..{number_of_frames(ds)} "
+                f"of {source.sop_instance_uid}"
+            )
+        frames = [source.frame_number]
+    return hd.sr.SourceImageForMeasurementGroup(
+        referenced_sop_class_uid=ds.SOPClassUID,
+        referenced_sop_instance_uid=ds.SOPInstanceUID,
+        referenced_frame_numbers=frames,
+    )
+
+
+def _group_key(source: SourceImage) -> str:
+    return f"{source.sop_instance_uid}#{source.frame_number or 0}"
+
+
+def _algorithm(model: ModelInfo, manufacturer: str) -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(
+        name=model.name,
+        version=model.version,
+        parameters=[f"weights sha256 {model.weights_sha256}"],
+        manufacturer=manufacturer,
+    )
+
+
+def _disclaimer(model: ModelInfo) -> list[hd.sr.QualitativeEvaluation]:
+    if model.disclaimer is None:
+        return []
+    return [TextQualitativeEvaluation(thy_codes.DISCLAIMER, model.disclaimer)]
+
+
+def _diagnosis_group(
+    diagnosis: NMDiagnosis, index: int, ds: pydicom.Dataset, sop_uid: str, manufacturer: str
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    algorithm = _algorithm(diagnosis.model, manufacturer)
+    if not any(p.code == diagnosis.predicted.code for p in diagnosis.probabilities):
+        raise ValueError("the predicted class is not among the class probabilities")
+    measurements = []
+    for prob in diagnosis.probabilities:
+        value = float(prob.probability)
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ValueError(f"probability of {prob.key!r} is {value}, not in [0, 1]")
+        measurements.append(
+            hd.sr.Measurement(
+                name=thy_codes.probability_concept(prob.key, prob.code),
+                value=value,
+                unit=thy_codes.NO_UNITS,
+                algorithm_id=algorithm,
+            )
+        )
+    evaluations: list[hd.sr.QualitativeEvaluation] = []
+    if diagnosis.frame_choice:
+        evaluations.append(TextQualitativeEvaluation(thy_codes.FRAME_CHOICE, diagnosis.frame_choice))
+    evaluations.extend(_disclaimer(diagnosis.model))
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid(sop_uid, _group_key(diagnosis.source)),
+            identifier=f"Thyroid AI diagnosis {index}",
+        ),
+        finding_type=thy_codes.to_coded_concept(diagnosis.predicted.code),
+        finding_sites=[hd.sr.FindingSite(anatomic_location=thy_codes.THYROID_STRUCTURE)],
+        algorithm_id=algorithm,
+        measurements=measurements,
+        qualitative_evaluations=evaluations or None,
+        source_images=[_source_ref(diagnosis.source, ds)],
+    )
+
+
+def _not_analysable_group(
+    result: NotAnalysable, index: int, ds: pydicom.Dataset, sop_uid: str, manufacturer: str
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    evaluations: list[hd.sr.QualitativeEvaluation] = [
+        hd.sr.QualitativeEvaluation(name=thy_codes.ANALYSIS_RESULT, value=thy_codes.NOT_ANALYSABLE),
+        TextQualitativeEvaluation(thy_codes.REASON_NOT_ANALYSABLE, result.reason or "unspecified"),
+        *_disclaimer(result.model),
+    ]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid(sop_uid, "not-analysable/" + _group_key(result.source)),
+            identifier=f"Thyroid AI not analysable {index}",
+        ),
+        finding_sites=[hd.sr.FindingSite(anatomic_location=thy_codes.THYROID_STRUCTURE)],
+        algorithm_id=_algorithm(result.model, manufacturer),
+        qualitative_evaluations=evaluations,
+        source_images=[_source_ref(result.source, ds)],
+    )
+
+
+def encode_nm_sr(
+    results: NMResults,
+    sources: Sequence[pydicom.Dataset],
+    *,
+    content_datetime: datetime.datetime,
+    manufacturer: str = DEFAULT_MANUFACTURER,
+    software_version: str,
+) -> hd.sr.Comprehensive3DSR:
+    """Encode the NM pipeline's results as a TID 1500 Measurement Report.
+
+    Parameters
+    ----------
+    results : NMResults
+        Diagnoses and not-analysable verdicts of one study, from one model.
+    sources : Sequence[pydicom.Dataset]
+        The source datasets (pixel data not needed); every instance a result
+        names must be among them.  Patient and study modules are copied from
+        them.
+    content_datetime : datetime.datetime
+        Content Date/Time of the document (and every other time stamp in it).
+    manufacturer : str, optional
+        Manufacturer of the node.
+    software_version : str
+        Version of the node's software.
+
+    Returns
+    -------
+    highdicom.sr.Comprehensive3DSR
+        The document, in the source study, in a new series.
+
+    Raises
+    ------
+    ValueError
+        If there is nothing to report, results of several models are mixed,
+        a source is missing or lies in another study, a frame number is out
+        of range, or a probability lies outside [0, 1].
+    """
+    if not results.diagnoses and not results.not_analysable:
+        raise ValueError("no results to encode")
+    model = _model_of(results)
+    named: list[SourceImage] = [d.source for d in results.diagnoses]
+    named += [n.source for n in results.not_analysable]
+    for src in named:
+        if src.study_instance_uid != results.study_instance_uid:
+            raise ValueError(f"source {src.sop_instance_uid} lies outside the results' study")
+    by_uid = {s.sop_instance_uid: select_source(sources, s) for s in named}
+    evidence = [by_uid[uid] for uid in sorted(by_uid)]
+    uids = output_uids(
+        ObjectKind.SR, results.study_instance_uid, by_uid, model.name, model.version
+    )
+    sop_uid = uids.sop_instance_uid
+
+    groups = [
+        _diagnosis_group(d, i, by_uid[d.source.sop_instance_uid], sop_uid, manufacturer)
+        for i, d in enumerate(results.diagnoses, start=1)
+    ]
+    groups += [
+        _not_analysable_group(n, i, by_uid[n.source.sop_instance_uid], sop_uid, manufacturer)
+        for i, n in enumerate(results.not_analysable, start=1)
+    ]
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid(model.name, model.version, model.weights_sha256),
+            name=f"{model.name} {model.version}",
+            manufacturer_name=manufacturer,
+            model_name=model.name,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=thy_codes.PROCEDURE_THYROID_SCINTIGRAPHY,
+        imaging_measurements=groups,
+        referenced_images=evidence,
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=uids.series_instance_uid,
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=sop_uid,
+        instance_number=SR_INSTANCE_NUMBER,
+        manufacturer=manufacturer,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        contributing_equipment=[
+            processing_equipment(
+                model,
+                manufacturer=manufacturer,
+                software_version=software_version,
+                content_datetime=content_datetime,
+            )
+        ],
+        series_description=series_description(SR_SERIES_BASE, model),
+        manufacturer_model_name=model.name,
+        software_versions=software_version,
+        content_date=content_datetime.date(),
+        content_time=content_datetime.time(),
+        coding_schemes=[thy_codes.private_coding_scheme(manufacturer)],
+    )
+    pin_datetimes(sr, content_datetime)
+    logger.info(
+        "encoded NM SR: %d diagnosis group(s), %d not-analysable group(s), model %s %s",
+        len(results.diagnoses),
+        len(results.not_analysable),
+        model.name,
+        model.version,
+    )
+    return sr

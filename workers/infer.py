@@ -1,0 +1,85 @@
+"""Infer: run one route's pipeline on a job's series and publish the encoded objects."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import logging
+from datetime import datetime
+from types import ModuleType
+from typing import Any
+
+from pydicom import Dataset, dcmread, dcmwrite
+
+from config.settings import Settings
+from dicom_node.spool import Spool
+from workers.models import load_models
+
+log = logging.getLogger(__name__)
+
+# pipeline name (as used in routing rules) -> module with MODELS, process()
+PIPELINES = {
+    "nm_thyroid_dx": "workers.pipelines.nm",
+}
+
+
+class UnknownPipeline(ValueError):
+    pass
+
+
+def get_pipeline(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(PIPELINES[name])
+    except KeyError:
+        raise UnknownPipeline(f"no pipeline named {name!r}; known: {', '.join(sorted(PIPELINES))}") from None
+
+
+def encode_files(objects: list[Dataset]) -> dict[str, bytes]:
+    """Serialise output datasets as DICOM files named by SOP Instance UID."""
+    files = {}
+    for ds in objects:
+        buf = io.BytesIO()
+        dcmwrite(buf, ds, enforce_file_format=True)
+        files[f"{ds.SOPInstanceUID}.dcm"] = buf.getvalue()
+    return files
+
+
+def job_datetime(job_id: str) -> datetime:
+    """The job's creation time: the content date/time of every object it produces.
+
+    Taken from the job id, so a re-delivered task writes byte-identical objects.
+    """
+    return datetime.fromtimestamp(int(job_id.split("-", 1)[0]) / 1000.0).replace(microsecond=0)
+
+
+def process_route(spool: Spool, settings: Settings, job_id: str, route_name: str) -> bool:
+    """Run the route's pipeline unless its outputs already exist; True if there is something to export.
+
+    Input that was already processed and sent with the same model (same bytes, a study
+    pushed twice) is recorded as a duplicate and not sent again.
+    """
+    routes = {r["name"]: r for r in spool.read_json(job_id, "routes.json")}
+    r: dict[str, Any] = routes[route_name]
+    if spool.outputs_complete(job_id, route_name):
+        log.info("job %s route %s: outputs already written (re-delivered task)", job_id, route_name)
+        return True
+    pipeline = get_pipeline(r["pipeline"])
+    models = load_models(pipeline.MODELS, settings)
+    salt = r["pipeline"] + "|" + "|".join(f"{m.info.name}:{m.info.version}" for m in models.values())
+    fingerprint = spool.fingerprint(job_id, r["series"], salt)
+    prior = spool.ledger_get(fingerprint)
+    if prior is not None:
+        log.info("job %s route %s: same input already processed and sent by job %s; not sent again",
+                 job_id, route_name, prior.get("job"))
+        spool.publish_outputs(job_id, route_name, {"duplicate.json": json.dumps(prior).encode()})
+        spool.mark_exported(job_id, route_name)
+        spool.finish_if_exported(job_id)
+        return False
+    sources = [dcmread(p) for p in spool.job_instances(job_id, r["series"])]
+    objects = pipeline.process(sources, models, job_datetime(job_id))
+    files = encode_files(objects)
+    files["fingerprint"] = fingerprint.encode()
+    spool.publish_outputs(job_id, route_name, files)
+    log.info("job %s route %s: %d object(s) written", job_id, route_name, len(objects))
+    return True

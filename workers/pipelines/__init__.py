@@ -1,0 +1,1 @@
+"""Modality pipelines: plain ``run(study, models) -> Results`` functions, one module each."""

@@ -1,6 +1,6 @@
 """C-STORE ingest throughput: the node against dcmtk's storescp.
 
-    python benchmarks/ingest.py [--slices 300] [--size 512] [--reps 2]
+    python benchmarks/ingest.py [--slices 300] [--size 512] [--reps 3]
         [--associations 1 4] [--senders storescu storescu-nodelay pynetdicom-nodelay]
         [--targets storescp node] [--storescp-mode fork|single] [--work-dir DIR] [--keep]
 
@@ -12,7 +12,9 @@ the median over the repetitions, and the node/storescp ratio.
 Every measurement starts a fresh receiver into an empty directory (start-up
 is not timed) and ends when the last sender has released its association.
 
-Baseline choice: storescp runs with `+xa` and, by default, `--fork` (one
+Baseline choice: storescp runs with `+xa`, TCP_NODELAY=1 in its environment
+(dcmtk otherwise keeps Nagle on, and every file then waits ~45 ms for a
+delayed ACK: `--storescp-nagle` measures that) and, by default, `--fork` (one
 child per association) so that 4 associations are received in parallel as
 the node receives them; `--storescp-mode single` measures plain storescp,
 which serves the associations one after another. storescp re-encodes each
@@ -28,6 +30,7 @@ its socket (and `pynetdicom` without it).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -60,16 +63,20 @@ class Case:
 
 def make_receiver(target: str, work_dir: Path, args: argparse.Namespace) -> peers.Receiver:
     if target == "storescp":
-        return peers.storescp(work_dir, fork=args.storescp_mode == "fork")
+        return peers.storescp(work_dir, fork=args.storescp_mode == "fork", nodelay=not args.storescp_nagle)
     executable = peers.node_executable()
     assert executable is not None
-    return peers.node(work_dir, executable, quiet_period_s=3600.0, forced_limit_s=7200.0)
+    # No routes, so no work: --no-workers keeps worker start-up off the 2 CPUs being measured.
+    return peers.node(
+        work_dir, executable, serve_args=["--no-workers"], quiet_period_s=3600.0, forced_limit_s=7200.0
+    )
 
 
 def measure(case: Case, files: Sequence[Path], work_dir: Path, args: argparse.Namespace) -> float:
     """Start a fresh receiver, send, stop it, check what it wrote; return seconds."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"{case.target}-", dir=work_dir))
     chunks = senders.split(files, case.associations)
+    os.sync()  # flush the previous run's dirty pages so their write-back is not timed here
     try:
         with make_receiver(case.target, run_dir, args) as receiver:
             elapsed = SENDERS[case.sender](chunks, receiver.port, receiver.aet, run_dir)
@@ -100,7 +107,7 @@ def run_cases(cases: list[Case], files: Sequence[Path], work_dir: Path, args: ar
 
 def print_table(times: dict[Case, list[float]], megabytes: float, args: argparse.Namespace) -> None:
     rate = {case: megabytes / statistics.median(values) for case, values in times.items()}
-    baseline = f"storescp ({args.storescp_mode})"
+    baseline = f"storescp ({args.storescp_mode}{', nagle' if args.storescp_nagle else ''})"
     print(f"\n{megabytes:.1f} MB per send, median of {args.reps}; MB/s")
     print(f"{'sender':20s} {'assoc':>5s} {baseline:>18s} {'node':>8s} {'node/storescp':>14s}")
     for sender in args.senders:
@@ -119,11 +126,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--senders", nargs="+", choices=sorted(SENDERS), default=["storescu", "storescu-nodelay", "pynetdicom-nodelay"])
     parser.add_argument("--targets", nargs="+", choices=["storescp", "node"], default=["storescp", "node"])
     parser.add_argument("--storescp-mode", choices=["fork", "single"], default="fork")
+    parser.add_argument("--storescp-nagle", action="store_true", help="leave Nagle on in storescp (dcmtk's default)")
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a new temp dir, removed at the end")
     parser.add_argument("--keep", action="store_true", help="keep received files and logs")
     args = parser.parse_args()

@@ -8,6 +8,7 @@ are waited for with a bounded C-ECHO poll, and are stopped by their PID.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -47,10 +48,12 @@ def node_config(
     models: dict[str, str] | None = None,
     broker_url: str | None = None,
     min_free_disk_mb: int = 200,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The node's config (`thyroid-node serve --config CFG`) as a plain dict.
 
     Adjust here when the node's schema changes; nothing else builds it.
+    `extra` adds or overrides top-level keys (e.g. {"log_level": "DEBUG"}).
     """
     return {
         "ae_title": ae_title,
@@ -64,6 +67,7 @@ def node_config(
         "destinations": list(destinations),
         "routes": list(routes),
         "models": dict(models or {}),
+        **(extra or {}),
     }
 
 
@@ -84,6 +88,7 @@ class Receiver:
     work_dir: Path
     port: int
     aet: str
+    env: dict[str, str] | None = None
     startup_timeout: float = 60.0
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
@@ -95,7 +100,12 @@ class Receiver:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.work_dir
+                self.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.work_dir,
+                env={**os.environ, **self.env} if self.env else None,
             )
         try:
             wait_until(self._answers_echo, self.startup_timeout, interval=0.25, what=f"{self.name} C-ECHO")
@@ -126,8 +136,13 @@ class Receiver:
         self.stop()
 
 
-def storescp(work_dir: Path, *, fork: bool, extra_args: Sequence[str] = ()) -> Receiver:
+def storescp(work_dir: Path, *, fork: bool, nodelay: bool = True, extra_args: Sequence[str] = ()) -> Receiver:
     """dcmtk's storescp writing into work_dir/data (+xa: accept all transfer syntaxes).
+
+    dcmtk keeps Nagle's algorithm on unless TCP_NODELAY=1 is in its
+    environment; `nodelay` sets it (measured here: 40 CT files over one
+    association take ~1.9 s with Nagle on either side, ~0.11 s with it off
+    on both).
 
     storescp binds all interfaces (dcmtk 3.6.7 has no bind option): the port
     is random and only 127.0.0.1 talks to it.
@@ -138,15 +153,16 @@ def storescp(work_dir: Path, *, fork: bool, extra_args: Sequence[str] = ()) -> R
     command = [native_tool("storescp"), "+xa", "-aet", STORESCP_AET, "-od", str(data_dir)]
     command += ["--fork"] if fork else []
     command += [*extra_args, str(port)]
-    return Receiver("storescp", command, work_dir, port, STORESCP_AET)
+    env = {"TCP_NODELAY": "1" if nodelay else "0"}
+    return Receiver("storescp", command, work_dir, port, STORESCP_AET, env=env)
 
 
-def node(work_dir: Path, executable: str, **config: Any) -> Receiver:
-    """The node (`thyroid-node serve --config CFG`) with node_config(**config)."""
+def node(work_dir: Path, executable: str, *, serve_args: Sequence[str] = (), **config: Any) -> Receiver:
+    """The node (`thyroid-node serve --config CFG [serve_args]`) with node_config(**config)."""
     port = free_port()
     cfg = node_config(port=port, data_dir=work_dir / "data", **config)
     cfg_path = work_dir / "node.yaml"
     (work_dir / "data").mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(json.dumps(cfg, indent=2))  # JSON is valid YAML
-    command = [executable, "serve", "--config", str(cfg_path)]
+    command = [executable, "serve", "--config", str(cfg_path), *serve_args]
     return Receiver("node", command, work_dir, port, cfg["ae_title"])

@@ -192,7 +192,7 @@ def train(
             opt.step()
             sched.step()
             step += 1
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == yb).sum())
         report(
             0.05 + 0.9 * step / total,

@@ -131,15 +131,15 @@ def _thyroid_activity(label: str, rng: np.random.Generator, matrix: int) -> tupl
 
     if label == "thyroid_tumour":
         side = rng.choice([-1.0, 1.0])
-        ny = cy + rng.uniform(-0.45, 0.35) * ry
-        nx = cx + side * half_gap + rng.uniform(-0.2, 0.2) * rx
-        nr = rx * rng.uniform(0.7, 1.0)
+        ny = cy + rng.uniform(-0.35, 0.25) * ry
+        nx = cx + side * half_gap + rng.uniform(-0.1, 0.1) * rx
+        nr = rx * rng.uniform(0.8, 1.1)
         nodule = _ellipsoid(yy, xx, ny, nx, nr * rng.uniform(0.9, 1.2), nr)
         nodule_mask = np.clip(nodule * 3.0, 0.0, 1.0)
         if rng.random() < 0.5:  # hot (autonomous) nodule, the rest of the gland partly suppressed
-            gland = gland * rng.uniform(0.35, 0.8) + rng.uniform(1.8, 3.0) * nodule
+            gland = gland * rng.uniform(0.25, 0.6) + rng.uniform(2.0, 3.5) * nodule
         else:  # cold defect
-            gland = gland * (1.0 - rng.uniform(0.8, 1.0) * nodule_mask)
+            gland = gland * (1.0 - rng.uniform(0.85, 1.0) * nodule_mask)
 
     # body: neck column and upper chest, salivary glands above the thyroid
     neck_hw = rng.uniform(0.2, 0.26)

@@ -25,7 +25,7 @@ def test_example_config_is_valid() -> None:
 
 def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "node.yaml"
-    cfg.write_text("port: 104\ncompleteness: {quiet_period_s: 3}\n")
+    cfg.write_text("port: 104\ndata_dir: var\ncompleteness: {quiet_period_s: 3}\n")
     monkeypatch.setenv("THYROID_NODE_PORT", "11113")
     s = load_settings(cfg)
     assert s.port == 11113 and s.completeness.quiet_period_s == 3

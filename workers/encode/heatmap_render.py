@@ -10,7 +10,8 @@ source frame and writes what it returns.  Layout, top to bottom::
      one bar per class probability, colour bar "Grad-CAM low .. high",
      source frame number]
 
-The overlay's opacity grows with the heatmap value (0 at "low", ALPHA_MAX at
+The colour map is ``jet`` from blue to pure red (its darkening maroon top is
+left out).  The overlay's opacity grows with the heatmap value (0 at "low", ALPHA_MAX at
 "high"), so cold regions show the plain scintigram; the colour bar is drawn
 with the same blend over mid grey, so it shows what the image shows.
 """
@@ -32,6 +33,9 @@ logger = logging.getLogger(__name__)
 LONG_SIDE: Final[int] = 512
 MIN_WIDTH: Final[int] = 512  # the legend needs this much room, whatever the frame's shape
 COLORMAP: Final[str] = "jet"
+# jet darkens from pure red (at 0.875) to maroon at 1.0: over a scintigram a
+# dark centre would read as a cold spot, so "high" stops at pure red.
+COLORMAP_TOP: Final[float] = 0.875
 ALPHA_MAX: Final[float] = 0.6
 _PAD: Final[int] = 10
 _WHITE: Final[tuple[int, int, int]] = (255, 255, 255)
@@ -125,7 +129,7 @@ def blend(grey: np.ndarray, heatmap: np.ndarray, long_side: int = LONG_SIDE) -> 
 
 
 def _overlay(grey: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    colour = colormaps[COLORMAP](heat)[..., :3] * 255.0
+    colour = colormaps[COLORMAP](heat * COLORMAP_TOP)[..., :3] * 255.0
     alpha = (ALPHA_MAX * heat)[..., None]
     out = (1.0 - alpha) * grey[..., None] + alpha * colour
     return np.round(np.clip(out, 0.0, 255.0)).astype(np.uint8)
@@ -198,7 +202,9 @@ def compose(image: np.ndarray, legend: LegendText) -> np.ndarray:
         ``(H, W, 3)`` uint8 RGB, ``W = max(C, MIN_WIDTH)``.
     """
     width = max(image.shape[1], MIN_WIDTH)
-    canvas = Image.new("RGB", (width, image.shape[0] + 1200), (0, 0, 0))
+    # room enough for every block below; cropped to what was drawn at the end
+    height = image.shape[0] + 400 + 22 * len(legend.rows) + 4 * len(legend.title)
+    canvas = Image.new("RGB", (width, height), (0, 0, 0))
     y = 0
     if legend.disclaimer:
         y = _draw_demo_band(canvas, y, legend.disclaimer)

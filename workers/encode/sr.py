@@ -7,7 +7,7 @@ Document layout (all built with highdicom's template classes)::
         (UID derived from model name, version and weights checksum; name
         "<model name> <version>", model name, manufacturer)
       Procedure Reported (30695-1, LN, "NM Thyroid gland Views")
-      Image Library: every source instance
+      Image Library: every source image (at least one is required)
       Imaging Measurements
         per NMDiagnosis, one Measurement Group (TID 1501):
           Tracking Identifier + Tracking Unique Identifier (deterministic)
@@ -23,7 +23,8 @@ Document layout (all built with highdicom's template classes)::
           Tracking Identifier, Finding Site, Algorithm Identification
           CODE evaluation "AI analysis result" = "Not analysable" (99THYAI)
           TEXT evaluation "Reason not analysable" = the pipeline's reason
-          Source Image for Measurement Group
+          Source Image for Measurement Group (for a non-image source, e.g. a
+            KOS or SR in the study, the reason names the instance instead)
 
 Choices
 -------
@@ -83,7 +84,7 @@ logger = logging.getLogger(__name__)
 #: acquired series; fixed, so that re-runs land in the same place.
 SR_SERIES_NUMBER: Final[int] = 9901
 SR_INSTANCE_NUMBER: Final[int] = 1
-SR_SERIES_BASE: Final[str] = "AI thyroid scintigraphy SR"
+SR_SERIES_BASE: Final[str] = "AI thyroid NM SR"
 
 
 class TextQualitativeEvaluation(hd.sr.QualitativeEvaluation):
@@ -117,6 +118,7 @@ def _model_of(results: NMResults) -> ModelInfo:
 
 
 def _source_ref(source: SourceImage, ds: pydicom.Dataset) -> hd.sr.SourceImageForMeasurementGroup:
+    """Reference to the source; with the frame the result names, if a multi-frame IOD."""
     frames = None
     if source.frame_number is not None:
         if not 1 <= source.frame_number <= number_of_frames(ds):
@@ -124,7 +126,8 @@ def _source_ref(source: SourceImage, ds: pydicom.Dataset) -> hd.sr.SourceImageFo
                 f"frame {source.frame_number} outside 1..{number_of_frames(ds)} "
                 f"of {source.sop_instance_uid}"
             )
-        frames = [source.frame_number]
+        if "NumberOfFrames" in ds:
+            frames = [source.frame_number]
     return hd.sr.SourceImageForMeasurementGroup(
         referenced_sop_class_uid=ds.SOPClassUID,
         referenced_sop_instance_uid=ds.SOPInstanceUID,
@@ -188,12 +191,20 @@ def _diagnosis_group(
     )
 
 
+def _is_image(ds: pydicom.Dataset) -> bool:
+    """Whether a source can be referenced as an IMAGE (has the Image Pixel module)."""
+    return "Rows" in ds and "Columns" in ds
+
+
 def _not_analysable_group(
     result: NotAnalysable, index: int, ds: pydicom.Dataset, sop_uid: str, manufacturer: str
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    reason = result.reason or "unspecified"
+    if not _is_image(ds):  # no IMAGE reference possible: name the instance in the text
+        reason = f"{reason} (instance {ds.SOPInstanceUID}, SOP class {ds.SOPClassUID})"
     evaluations: list[hd.sr.QualitativeEvaluation] = [
         hd.sr.QualitativeEvaluation(name=thy_codes.ANALYSIS_RESULT, value=thy_codes.NOT_ANALYSABLE),
-        TextQualitativeEvaluation(thy_codes.REASON_NOT_ANALYSABLE, result.reason or "unspecified"),
+        TextQualitativeEvaluation(thy_codes.REASON_NOT_ANALYSABLE, reason),
         *_disclaimer(result.model),
     ]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -204,7 +215,7 @@ def _not_analysable_group(
         finding_sites=[hd.sr.FindingSite(anatomic_location=thy_codes.THYROID_STRUCTURE)],
         algorithm_id=_algorithm(result.model, manufacturer),
         qualitative_evaluations=evaluations,
-        source_images=[_source_ref(result.source, ds)],
+        source_images=[_source_ref(result.source, ds)] if _is_image(ds) else None,
     )
 
 
@@ -242,8 +253,8 @@ def encode_nm_sr(
     ------
     ValueError
         If there is nothing to report, results of several models are mixed,
-        a source is missing or lies in another study, a frame number is out
-        of range, or a probability lies outside [0, 1].
+        a source is missing or lies in another study, no source is an image,
+        a frame number is out of range, or a probability lies outside [0, 1].
     """
     if not results.diagnoses and not results.not_analysable:
         raise ValueError("no results to encode")
@@ -254,7 +265,12 @@ def encode_nm_sr(
         if src.study_instance_uid != results.study_instance_uid:
             raise ValueError(f"source {src.sop_instance_uid} lies outside the results' study")
     by_uid = {s.sop_instance_uid: select_source(sources, s) for s in named}
-    evidence = [by_uid[uid] for uid in sorted(by_uid)]
+    ordered = [by_uid[uid] for uid in sorted(by_uid)]
+    images = [ds for ds in ordered if _is_image(ds)]
+    if not images:  # TID 1500 requires an Image Library with at least one image
+        raise ValueError("no image among the sources: nothing a TID 1500 report can reference")
+    # images first: highdicom copies patient, study and acquisition equipment from evidence[0]
+    evidence = images + [ds for ds in ordered if not _is_image(ds)]
     uids = output_uids(
         ObjectKind.SR, results.study_instance_uid, by_uid, model.name, model.version
     )
@@ -281,7 +297,7 @@ def encode_nm_sr(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=thy_codes.PROCEDURE_THYROID_SCINTIGRAPHY,
         imaging_measurements=groups,
-        referenced_images=evidence,
+        referenced_images=images,
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,

@@ -81,6 +81,9 @@ def process(sources: list[Dataset], models: dict[str, Any], content_datetime: da
     ]
     for diagnosis in results.diagnoses:
         objects.append(
-            encode_heatmap_sc(diagnosis, by_uid[diagnosis.source.sop_instance_uid], content_datetime=content_datetime)
+            encode_heatmap_sc(
+                diagnosis, by_uid[diagnosis.source.sop_instance_uid],
+                content_datetime=content_datetime, software_version=SOFTWARE_VERSION,
+            )
         )
     return objects

@@ -41,8 +41,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import peers, senders  # noqa: E402
-from benchmarks.synthetic import write_ct_series  # noqa: E402
+from benchmarks import peers, senders
+from benchmarks.synthetic import write_ct_series
 
 Sender = Callable[[Sequence[Sequence[Path]], int, str, Path], float]
 
@@ -67,9 +67,7 @@ def make_receiver(target: str, work_dir: Path, args: argparse.Namespace) -> peer
     executable = peers.node_executable()
     assert executable is not None
     # No routes, so no work: --no-workers keeps worker start-up off the 2 CPUs being measured.
-    return peers.node(
-        work_dir, executable, serve_args=["--no-workers"], quiet_period_s=3600.0, forced_limit_s=7200.0
-    )
+    return peers.node(work_dir, executable, serve_args=["--no-workers"], quiet_period_s=3600.0, forced_limit_s=7200.0)
 
 
 def measure(case: Case, files: Sequence[Path], work_dir: Path, args: argparse.Namespace) -> float:
@@ -82,10 +80,12 @@ def measure(case: Case, files: Sequence[Path], work_dir: Path, args: argparse.Na
             elapsed = SENDERS[case.sender](chunks, receiver.port, receiver.aet, run_dir)
         if case.target == "storescp":
             _check_count(run_dir / "data", len(files))
-        return elapsed
-    finally:
-        if not args.keep:
-            shutil.rmtree(run_dir, ignore_errors=True)
+    except BaseException:
+        print(f"{case} failed; receiver and sender logs kept in {run_dir}", flush=True)
+        raise
+    if not args.keep:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return elapsed
 
 
 def _check_count(data_dir: Path, expected: int) -> None:
@@ -94,14 +94,19 @@ def _check_count(data_dir: Path, expected: int) -> None:
         raise RuntimeError(f"storescp wrote {written} files, expected {expected}")
 
 
-def run_cases(cases: list[Case], files: Sequence[Path], work_dir: Path, args: argparse.Namespace) -> dict[Case, list[float]]:
+def run_cases(
+    cases: list[Case], files: Sequence[Path], work_dir: Path, args: argparse.Namespace
+) -> dict[Case, list[float]]:
     """Repetitions outermost, so slow drift of the machine spreads over all cases."""
     times: dict[Case, list[float]] = {case: [] for case in cases}
     for rep in range(args.reps):
         for case in cases:
             seconds = measure(case, files, work_dir, args)
             times[case].append(seconds)
-            print(f"  rep {rep + 1}: {case.target:8s} {case.sender:18s} x{case.associations}: {seconds:6.2f} s", flush=True)
+            print(
+                f"  rep {rep + 1}: {case.target:8s} {case.sender:18s} x{case.associations}: {seconds:6.2f} s",
+                flush=True,
+            )
     return times
 
 
@@ -128,7 +133,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--senders", nargs="+", choices=sorted(SENDERS), default=["storescu", "storescu-nodelay", "pynetdicom-nodelay"])
+    parser.add_argument(
+        "--senders", nargs="+", choices=sorted(SENDERS), default=["storescu", "storescu-nodelay", "pynetdicom-nodelay"]
+    )
     parser.add_argument("--targets", nargs="+", choices=["storescp", "node"], default=["storescp", "node"])
     parser.add_argument("--storescp-mode", choices=["fork", "single"], default="fork")
     parser.add_argument("--storescp-nagle", action="store_true", help="leave Nagle on in storescp (dcmtk's default)")
@@ -152,11 +159,13 @@ def main() -> int:
         cases = [Case(t, s, n) for n in args.associations for s in args.senders for t in args.targets]
         print(f"{len(files)} files, {megabytes:.1f} MB; {len(cases)} cases x {args.reps} reps", flush=True)
         print_table(run_cases(cases, files, work_dir, args), megabytes, args)
-    finally:
-        if not args.keep:
-            shutil.rmtree(work_dir, ignore_errors=True)
-        else:
-            print(f"kept {work_dir}")
+    except BaseException:
+        print(f"failed: {work_dir} kept for its logs (remove it when done)", flush=True)
+        raise
+    if args.keep:
+        print(f"kept {work_dir}")
+    else:
+        shutil.rmtree(work_dir, ignore_errors=True)
     return 0
 
 

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.peers import (  # noqa: E402
+from tests.peers import (
     LOCALHOST,
     echoscu,
     free_port,
@@ -96,7 +96,7 @@ class Receiver:
     def log_path(self) -> Path:
         return self.work_dir / f"{self.name}.log"
 
-    def start(self) -> Receiver:
+    def start(self) -> Self:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -114,12 +114,16 @@ class Receiver:
             raise
         return self
 
-    def _answers_echo(self) -> bool:
-        assert self.proc is not None
+    def check_alive(self) -> None:
+        """Raise RuntimeError (with the log's tail) if the process has exited."""
+        assert self.proc is not None, f"{self.name} not started"
         if self.proc.poll() is not None:
             raise RuntimeError(
                 f"{self.name} exited with {self.proc.returncode}; log {self.log_path}:\n{log_tail(self.log_path)}"
             )
+
+    def _answers_echo(self) -> bool:
+        self.check_alive()
         return echoscu(self.port, called_aet=self.aet, timeout=5).returncode == 0
 
     def stop(self) -> None:
@@ -127,7 +131,7 @@ class Receiver:
             stop_process(self.proc, timeout=30)
             self.proc = None
 
-    def __enter__(self) -> Receiver:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -166,3 +170,20 @@ def node(work_dir: Path, executable: str, *, serve_args: Sequence[str] = (), **c
     cfg_path.write_text(json.dumps(cfg, indent=2))  # JSON is valid YAML
     command = [executable, "serve", "--config", str(cfg_path), *serve_args]
     return Receiver("node", command, work_dir, port, cfg["ae_title"])
+
+
+def node_worker(work_dir: Path, executable: str, queues: str) -> subprocess.Popen[bytes]:
+    """`thyroid-node worker --queues QUEUES` on the config node() wrote into work_dir.
+
+    Only needed with a broker_url (the embedded broker's `serve` starts its own
+    workers). The caller stops it with tests.peers.stop_process.
+    """
+    log_path = work_dir / f"worker-{queues.replace(',', '-')}.log"
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [executable, "worker", "--config", str(work_dir / "node.yaml"), "--queues", queues],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=work_dir,
+        )

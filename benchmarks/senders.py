@@ -20,8 +20,7 @@ from pathlib import Path
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
 
-from benchmarks.peers import LOCALHOST, native_tool
-from tests.peers import store_statuses
+from tests.peers import LOCALHOST, native_tool, store_statuses
 
 SEND_TIMEOUT_S = 600.0
 SCU_AET = "BENCHSCU"
@@ -38,9 +37,7 @@ def split(files: Sequence[Path], parts: int) -> list[list[Path]]:
     return chunks
 
 
-def send_storescu(
-    chunks: Sequence[Sequence[Path]], port: int, aet: str, log_dir: Path, *, nodelay: bool
-) -> float:
+def send_storescu(chunks: Sequence[Sequence[Path]], port: int, aet: str, log_dir: Path, *, nodelay: bool) -> float:
     """One storescu -R process per chunk; TCP_NODELAY=1 in its env if `nodelay`.
 
     dcmtk reads the TCP_NODELAY environment variable; unset, storescu keeps
@@ -116,9 +113,7 @@ def _contexts(files: Sequence[str]) -> set[tuple[str, str]]:
     return contexts
 
 
-def send_pynetdicom(
-    chunks: Sequence[Sequence[Path]], port: int, aet: str, *, nodelay: bool = True
-) -> float:
+def send_pynetdicom(chunks: Sequence[Sequence[Path]], port: int, aet: str, *, nodelay: bool = True) -> float:
     """One forked worker process per chunk, each with its own association.
 
     The workers are forked before the clock starts (Python's start-up is not

@@ -1,6 +1,6 @@
 """Synthetic but plausible DICOM studies for benchmarks (no patient data).
 
-    python benchmarks/synthetic.py OUT_DIR [--slices 300] [--size 512] [--seed 0]
+python benchmarks/synthetic.py OUT_DIR [--slices 300] [--size 512] [--seed 0]
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 HU_AIR, HU_LUNG, HU_FAT, HU_SOFT, HU_BONE = -1000, -850, -100, 40, 700
 RESCALE_INTERCEPT = -1024
@@ -44,13 +44,14 @@ def _pixels(base: np.ndarray, index: int, rng: np.random.Generator) -> bytes:
     noise = rng.normal(0.0, 12.0, size=base.shape).astype(np.float32)
     hu = np.where(base > HU_AIR, base * scale + noise, base)
     stored = np.clip(np.rint(hu - RESCALE_INTERCEPT), -32768, 32767).astype("<i2")
-    return stored.tobytes()
+    data: bytes = stored.tobytes()
+    return data
 
 
 def _file_meta(sop_uid: str) -> FileMetaDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     return meta

@@ -114,6 +114,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     min_free_disk_mb: int = Field(500, ge=0)
     max_pdu: int = Field(0, ge=0)  # 0: unlimited
+    metrics_port: int = Field(0, ge=0, le=65535)  # Prometheus /metrics of the listener; 0: off
     completeness: Completeness = Completeness()
     broker_url: str | None = None  # None: embedded SQLite broker under data_dir
     destinations: list[Destination] = []

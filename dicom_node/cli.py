@@ -73,6 +73,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server = ae.start_server((settings.bind_address, settings.port), block=False, evt_handlers=handlers)
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.bind_address)
+        log.info("Prometheus metrics on %s:%d/metrics", settings.bind_address, settings.metrics_port)
     sweeper.start()
     log.info("listening as %s on %s:%d; spool %s", settings.ae_title, settings.bind_address, settings.port, settings.spool_dir)
     try:

@@ -25,7 +25,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from config.settings import AllowedCaller, Settings
-from dicom_node import status
+from dicom_node import metrics, status
 from dicom_node.headers import HeaderError, meta_from_dataset
 from dicom_node.spool import Spool, SpoolError
 from dicom_node.uids import study_key
@@ -86,6 +86,12 @@ def handle_echo(event: evt.Event) -> int:
 
 def handle_store(event: evt.Event, spool: Spool, policy: StorePolicy) -> int:
     """Persist one instance; answer success only once it is durably in the spool."""
+    code = _store(event, spool, policy)
+    metrics.STORES.labels(status=f"0x{code:04X}").inc()
+    return code
+
+
+def _store(event: evt.Event, spool: Spool, policy: StorePolicy) -> int:
     calling = event.assoc.requestor.ae_title
     try:
         ds = event.dataset
@@ -100,7 +106,9 @@ def handle_store(event: evt.Event, spool: Spool, policy: StorePolicy) -> int:
         if spool.free_bytes() < policy.min_free_bytes:
             log.error("C-STORE refused (0x%04X): free disk under the watermark", status.OUT_OF_RESOURCES)
             return status.OUT_OF_RESOURCES
-        spool.store(event.encoded_dataset(), meta, calling)
+        encoded = event.encoded_dataset()
+        spool.store(encoded, meta, calling)
+        metrics.BYTES_STORED.inc(len(encoded))
     except (SpoolError, OSError) as exc:
         log.error("C-STORE refused (0x%04X): %s", status.OUT_OF_RESOURCES, exc)
         return status.OUT_OF_RESOURCES

@@ -8,6 +8,7 @@ import time
 from typing import Callable
 
 from config.settings import Settings
+from dicom_node import metrics
 from dicom_node.complete import CompletenessPolicy, completion_reason, is_complete
 from dicom_node.route import Route, explain_no_route, route
 from dicom_node.spool import Spool
@@ -34,7 +35,9 @@ class Sweeper:
         now = time.time() if now is None else now
         self.spool.flush()
         closed = []
-        for manifest in self.spool.incoming():
+        pending = self.spool.incoming()
+        metrics.INCOMING.set(len(pending))
+        for manifest in pending:
             if is_complete(manifest, now, self.policy):
                 reason = completion_reason(manifest, now, self.policy)
                 job_id = self.spool.close_study(manifest.study_instance_uid, now)
@@ -42,6 +45,7 @@ class Sweeper:
                     "study %s complete (%s, %d instances): job %s",
                     study_key(manifest.study_instance_uid), reason, manifest.instance_count, job_id,
                 )
+                metrics.STUDIES_COMPLETED.inc()
                 self.route_job(job_id)
                 closed.append(job_id)
         self.redispatch()
@@ -53,6 +57,7 @@ class Sweeper:
         if not routes:
             why = explain_no_route(manifest, self.settings.routes)
             self.spool.move_job(job_id, "ignored", "reason.json", {"reason": why, "at": time.time()})
+            metrics.STUDIES_IGNORED.inc()
             log.info("job %s ignored: %s", job_id, why)
             return
         self.spool.write_json(job_id, "routes.json", [r.as_dict() for r in routes])
@@ -71,6 +76,7 @@ class Sweeper:
                 try:
                     self.dispatch(job_id, r)
                 except Exception as exc:  # broker down: keep the job, try again next tick
+                    metrics.DISPATCH_ERRORS.inc()
                     log.error("job %s route %s not dispatched (%s); will retry", job_id, r.name, exc)
                     return
                 marker.touch()

@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -174,15 +174,14 @@ class Orthanc:
             "StableAge": self.stable_age,
             "SaveJobs": False,
             "DicomModalities": {
-                name: {"AET": aet, "Host": host, "Port": port}
-                for name, (aet, host, port) in self.modalities.items()
+                name: {"AET": aet, "Host": host, "Port": port} for name, (aet, host, port) in self.modalities.items()
             },
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
         config.update(self.extra_config)
         return config
 
-    def start(self) -> Orthanc:
+    def start(self) -> Self:
         """Write the config, start Orthanc, and wait until GET /system answers."""
         if self._proc is not None:
             raise OrthancError("Orthanc already started")
@@ -208,8 +207,7 @@ class Orthanc:
         assert self._proc is not None
         if self._proc.poll() is not None:
             raise OrthancError(
-                f"Orthanc exited with {self._proc.returncode}; log {self.log_path}:\n"
-                + log_tail(self.log_path)
+                f"Orthanc exited with {self._proc.returncode}; log {self.log_path}:\n" + log_tail(self.log_path)
             )
         self.get_json("/system", timeout=2.0)
         return True
@@ -224,7 +222,7 @@ class Orthanc:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def __enter__(self) -> Orthanc:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -292,8 +290,7 @@ class Orthanc:
         if study_id is None:
             return []
         series_tags = {
-            series["ID"]: series.get("MainDicomTags", {})
-            for series in self.get_json(f"/studies/{study_id}/series")
+            series["ID"]: series.get("MainDicomTags", {}) for series in self.get_json(f"/studies/{study_id}/series")
         }
         instances: list[dict[str, Any]] = self.get_json(f"/studies/{study_id}/instances")
         for instance in instances:
@@ -416,14 +413,12 @@ def store_statuses(result: subprocess.CompletedProcess[str]) -> list[str]:
     for line in (result.stdout + "\n" + result.stderr).splitlines():
         start = line.find(marker)
         if start >= 0:
-            rest = line[start + len(marker):]
+            rest = line[start + len(marker) :]
             statuses.append(rest[: rest.rfind(")")] if ")" in rest else rest)
     return statuses
 
 
-def _run_tool(
-    cmd: list[str], timeout: float, env: dict[str, str] | None
-) -> subprocess.CompletedProcess[str]:
+def _run_tool(cmd: list[str], timeout: float, env: dict[str, str] | None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **env} if env else None
     return subprocess.run(
         cmd,

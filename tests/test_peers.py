@@ -86,3 +86,14 @@ def test_unknown_study_and_push(orthanc_factory: OrthancFactory, tmp_path: Path)
     source.add_modality("SECOND", receiver.aet, receiver.host, receiver.dicom_port)
     source.push_to("SECOND", [answer["ParentStudy"]])
     assert receiver.lookup_study(study_uid) is not None
+
+
+def test_restart_keeps_ports_and_data(orthanc: Orthanc, tmp_path: Path) -> None:
+    path, study_uid = _small_ct(tmp_path)
+    orthanc.upload(path)
+    ports = (orthanc.http_port, orthanc.dicom_port)
+    orthanc.stop()
+    assert orthanc.pid is None
+    orthanc.start()
+    assert (orthanc.http_port, orthanc.dicom_port) == ports
+    assert orthanc.lookup_study(study_uid) is not None

@@ -48,6 +48,11 @@ class ScintiResNet34(nn.Module):
             conv1_t_stride=2,
             feed_forward=False,
         )
+        # zero-init the last BN of each residual branch (Goyal et al. 2017): every block starts
+        # as an identity, which speeds up early training from scratch
+        for module in self.backbone.modules():
+            if hasattr(module, "bn2") and isinstance(module.bn2, nn.BatchNorm2d):
+                nn.init.zeros_(module.bn2.weight)
         self.head = nn.Sequential(
             nn.Linear(FEATURES, 256),
             nn.LeakyReLU(),

@@ -133,11 +133,11 @@ def _thyroid_activity(label: str, rng: np.random.Generator, matrix: int) -> tupl
         side = rng.choice([-1.0, 1.0])
         ny = cy + rng.uniform(-0.35, 0.25) * ry
         nx = cx + side * half_gap + rng.uniform(-0.1, 0.1) * rx
-        nr = rx * rng.uniform(0.8, 1.1)
+        nr = rx * rng.uniform(1.0, 1.3)
         nodule = _ellipsoid(yy, xx, ny, nx, nr * rng.uniform(0.9, 1.2), nr)
         nodule_mask = np.clip(nodule * 3.0, 0.0, 1.0)
         if rng.random() < 0.5:  # hot (autonomous) nodule, the rest of the gland partly suppressed
-            gland = gland * rng.uniform(0.25, 0.6) + rng.uniform(2.0, 3.5) * nodule
+            gland = gland * rng.uniform(0.1, 0.35) + rng.uniform(2.5, 4.0) * nodule
         else:  # cold defect
             gland = gland * (1.0 - rng.uniform(0.85, 1.0) * nodule_mask)
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import RLELossless
@@ -91,6 +92,7 @@ def test_missing_sop_instance_uid_fails_and_node_goes_on(
     port, spool = node
     # send files as they are on disk (pynetdicom then takes the UIDs from the file meta only)
     monkeypatch.setattr(pynetdicom_config, "STORE_SEND_CHUNKED_DATASET", True)
+    refused_before = REGISTRY.get_sample_value("thyroid_node_cstore_total", {"status": "0xC000"}) or 0.0
     ds = dcmread(CT_SMALL)
     bad = copy.deepcopy(ds)
     del bad.SOPInstanceUID  # file meta still names it, so the C-STORE request carries one
@@ -101,6 +103,7 @@ def test_missing_sop_instance_uid_fails_and_node_goes_on(
     hostile.StudyInstanceUID = "1.2.3/../../../tmp/x"
     assert _send(port, hostile) == status.CANNOT_UNDERSTAND
     assert _stored(spool) == []
+    assert REGISTRY.get_sample_value("thyroid_node_cstore_total", {"status": "0xC000"}) == refused_before + 2
     assert _send(port, ds) == status.SUCCESS  # the node still serves
     assert len(_stored(spool)) == 1
 
@@ -116,3 +119,27 @@ def test_disk_watermark_gives_out_of_resources(tmp_path: Path) -> None:
     finally:
         server.shutdown()
     assert _stored(spool) == []
+
+
+def test_allowed_title_from_another_host_is_aborted(tmp_path: Path) -> None:
+    port = free_port()
+    settings = load_settings(
+        None, port=port, data_dir=tmp_path / "var",
+        allowed_callers=[{"ae_title": "PACS", "host": "10.255.255.1"}, {"ae_title": "LOCAL", "host": "127.0.0.1"}],
+    )
+    spool = Spool(settings.spool_dir)
+    ae, handlers = build_ae(settings, spool)
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+    try:
+        ds = dcmread(CT_SMALL)
+        scu = AE(ae_title="PACS")
+        scu.add_requested_context(str(ds.SOPClassUID), [str(ds.file_meta.TransferSyntaxUID)])
+        assoc = scu.associate("127.0.0.1", port, ae_title="THYROID_AI")
+        if assoc.is_established:  # accepted, then aborted by the host check
+            rsp = assoc.send_c_store(ds)
+            assert "Status" not in rsp
+            assoc.abort()
+        assert _stored(spool) == []
+        assert _send(port, ds, calling="LOCAL") == status.SUCCESS  # the right host gets through
+    finally:
+        server.shutdown()

@@ -1,0 +1,49 @@
+"""The command line a site uses to try the node on its own files (no broker, no network)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from pydicom import dcmread
+
+from model_zoo.phantoms.nm import write_nm_study
+from tests.integration.sr_read import findings, referenced_sop_instances
+from tests.peers import dciodvfy_errors
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dicom_node.cli", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def test_check_config_names_the_failing_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("completeness: {quiet_period_s: -1}\n")
+    proc = _cli("check-config", "--config", str(bad), cwd=tmp_path)
+    assert proc.returncode == 2 and "completeness.quiet_period_s" in proc.stderr
+
+
+def test_route_dry_run(tmp_path: Path) -> None:
+    write_nm_study(tmp_path / "in", "normal", seed=7001)
+    proc = _cli("route", "--dry-run", str(tmp_path / "in"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "rule nm-thyroid -> pipeline nm_thyroid_dx on queue nm" in proc.stdout
+
+
+def test_replay_writes_valid_outputs_with_the_phantom_class(tmp_path: Path) -> None:
+    from model_zoo.bundle import load_bundle
+    from model_zoo.demo import ensure_demo_bundle
+
+    codes = {lb.key: lb.code_value for lb in load_bundle(ensure_demo_bundle("nm_thyroid_dx")).card.labels}
+    src = write_nm_study(tmp_path / "in", "graves", seed=7002)
+    proc = _cli("replay", "--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    outputs = sorted((tmp_path / "out").glob("*.dcm"))
+    assert len(outputs) == 2
+    by_modality = {dcmread(p).Modality: p for p in outputs}
+    sr = dcmread(by_modality["SR"])
+    assert findings(sr) == [codes["graves"]]
+    assert dcmread(src).SOPInstanceUID in referenced_sop_instances(sr)
+    for path in outputs:
+        assert dciodvfy_errors(path) == []

@@ -114,13 +114,14 @@ def print_table(times: dict[Case, list[float]], megabytes: float, args: argparse
     rate = {case: megabytes / statistics.median(values) for case, values in times.items()}
     baseline = f"storescp ({args.storescp_mode}{', nagle' if args.storescp_nagle else ''})"
     print(f"\n{megabytes:.1f} MB per send, median of {args.reps}; MB/s")
-    print(f"{'sender':20s} {'assoc':>5s} {baseline:>18s} {'node':>8s} {'node/storescp':>14s}")
+    width = max(18, len(baseline))
+    print(f"{'sender':20s} {'assoc':>5s} {baseline:>{width}s} {'node':>8s} {'node/storescp':>14s}")
     for sender in args.senders:
         for n in args.associations:
             scp = rate.get(Case("storescp", sender, n))
             nod = rate.get(Case("node", sender, n))
             ratio = f"{nod / scp:14.2f}" if scp and nod else f"{'-':>14s}"
-            print(f"{sender:20s} {n:5d} {_fmt(scp):>18s} {_fmt(nod):>8s} {ratio}")
+            print(f"{sender:20s} {n:5d} {_fmt(scp):>{width}s} {_fmt(nod):>8s} {ratio}")
 
 
 def _fmt(value: float | None) -> str:

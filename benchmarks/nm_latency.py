@@ -172,11 +172,13 @@ def main() -> int:
     work_dir = Path(tempfile.mkdtemp(prefix="thyroid-nm-latency-", dir=args.work_dir))
     try:
         warm, timed = run(args, work_dir, executable)
-    finally:
-        if args.keep:
-            print(f"kept {work_dir}")
-        else:
-            shutil.rmtree(work_dir, ignore_errors=True)
+    except BaseException:
+        print(f"failed: {work_dir} kept for its logs (remove it when done)", flush=True)
+        raise
+    if args.keep:
+        print(f"kept {work_dir}")
+    else:
+        shutil.rmtree(work_dir, ignore_errors=True)
     beyond = [t - args.quiet for t in timed]
     print(f"\nNM study -> SR + SC in Orthanc, quiet period {args.quiet:g} s, {len(timed)} studies")
     print(f"  latency      median {statistics.median(timed):6.2f} s   max {max(timed):6.2f} s")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
+from dicom_node.send import guard_reactor_race
 
 from tests.peers import LOCALHOST, native_tool, store_statuses
 
@@ -87,7 +88,7 @@ def pynetdicom_send(files: Sequence[str], port: int, aet: str, nodelay: bool) ->
     A-ASSOCIATE exchange is one round trip either way).
     """
     ae = AE(ae_title=SCU_AET)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     for sop_class, syntax in sorted(_contexts(files)):
         ae.add_requested_context(sop_class, [syntax])
     assoc = ae.associate(LOCALHOST, port, ae_title=aet)
@@ -95,6 +96,7 @@ def pynetdicom_send(files: Sequence[str], port: int, aet: str, nodelay: bool) ->
         raise RuntimeError(f"association to {aet}@{port} not established")
     if nodelay:
         assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
+    guard_reactor_race(assoc)
     succeeded = 0
     try:
         for path in files:

@@ -8,7 +8,10 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from typing import Any
+
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 
 from config.settings import Destination
 from dicom_node import status
@@ -38,6 +41,27 @@ class Outgoing:
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
+
+
+def guard_reactor_race(assoc: Association) -> None:
+    """Keep C-STORE responses away from the association's reactor thread (pynetdicom 3.0.4).
+
+    ``send_c_store()`` pauses the reactor with ``_reactor_checkpoint.clear(); while not
+    _is_paused: sleep``, but ``_is_paused`` can still read True from the reactor's previous
+    pass after it went through the checkpoint; the reactor then takes a fast peer's
+    C-STORE-RSP off the queue ("Received unexpected C-STORE service message") and
+    ``send_c_store()`` waits for the DIMSE timeout (seen here about once in 25 runs of
+    4 x 75 files). A pure SCU expects no requests from its peer, so the reactor's
+    non-blocking polls are made to see an empty queue; the blocking get of
+    ``send_c_store()`` still receives every response.
+    """
+    dimse = assoc.dimse
+    real_get_msg = dimse.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        return real_get_msg(block) if block else (None, None)
+
+    dimse.get_msg = get_msg  # type: ignore[method-assign]
 
 
 def describe(path: Path) -> Outgoing:
@@ -77,6 +101,7 @@ def send_files(
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not reachable"
         raise TransientSendError(f"{destination.name}: association {why}", done)
+    guard_reactor_race(assoc)
     failures: list[str] = []
     refused_classes: set[str] = set()
     try:

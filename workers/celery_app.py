@@ -30,7 +30,13 @@ def create_app(settings: Settings) -> Celery:
         task_create_missing_queues=True,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        broker_transport_options={"visibility_timeout": 4 * 3600, "polling_interval": 0.5},
+        broker_transport_options=(
+            # kombu's SQLAlchemy transport hands its options to create_engine(): SQLite may wait for its lock
+            {"connect_args": {"timeout": 30}}
+            if settings.embedded_broker
+            # long GPU tasks with acks_late: redeliver only after 4 h unacknowledged
+            else {"visibility_timeout": 4 * 3600}
+        ),
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     app.node_settings = settings  # type: ignore[attr-defined]

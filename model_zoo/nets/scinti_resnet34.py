@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Final
 
 import torch
-from monai.networks.nets import ResNet
+from monai.networks.nets.resnet import ResNet
 from torch import nn
 
 CAM_LAYER: Final[str] = "backbone.layer4"

@@ -85,7 +85,8 @@ def _frame_sums(ds: Dataset) -> np.ndarray:
     pixels = _pixels(ds)
     if pixels.ndim == 2:
         pixels = pixels[None]
-    return pixels.reshape(pixels.shape[0], -1).sum(axis=1, dtype=np.float64)
+    sums: np.ndarray = pixels.reshape(pixels.shape[0], -1).sum(axis=1, dtype=np.float64)
+    return sums
 
 
 def select_frame(ds: Dataset) -> tuple[int | None, str]:
@@ -133,9 +134,10 @@ def _pixels(ds: Dataset) -> np.ndarray:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputRejected("no pixel data")
     try:
-        return np.asarray(ds.pixel_array)
+        pixels: np.ndarray = np.asarray(ds.pixel_array)
     except Exception as exc:  # pydicom raises several types for undecodable pixel data
         raise InputRejected(f"pixel data cannot be decoded: {type(exc).__name__}: {exc}") from exc
+    return pixels
 
 
 def _check_header(ds: Dataset) -> None:

@@ -9,7 +9,8 @@ The images follow the patterns of Zhao et al. 2023 (see MODELS.md, ``nm_thyroid_
   stands out of the neck background, salivary glands relatively prominent, few counts.
 * ``thyroid_tumour``: a regular gland with a hot nodule or a cold defect in one lobe.
 
-Anterior view, radiological convention: the patient's right lobe is on the image's left.
+Anterior pinhole view (the gland fills much of the field, as in the papers' images), radiological
+convention: the patient's right lobe is on the image's left.
 The ground truth is the ``label`` argument; nothing in the written file names it.
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 from scipy.ndimage import gaussian_filter
 
 NM_LABELS: Final[tuple[str, ...]] = (
@@ -36,7 +37,8 @@ NM_LABELS: Final[tuple[str, ...]] = (
 
 NM_IMAGE_STORAGE: Final[str] = "1.2.840.10008.5.1.4.1.1.20"
 _UID_TAG: Final[str] = "thyroid-node-phantom-nm-v1"
-_PIXEL_SPACING_MM: Final[float] = 1.8  # at matrix 128: a 230 mm field of view
+_PIXEL_SPACING_MM: Final[float] = 1.0  # at matrix 128: a 128 mm field of view (pinhole)
+_ZOOM: Final[float] = 1.6  # gland size relative to a 230 mm parallel-hole field of view
 _MAX_FRAMES: Final[int] = 4
 # (detector view code value, meaning) per detector; detector 1 is the anterior head.
 _VIEWS: Final[tuple[tuple[str, str], ...]] = (
@@ -68,7 +70,8 @@ def _ellipsoid(
     dy, dx = yy - cy, xx - cx
     u = (dx * ca + dy * sa) / rx
     v = (-dx * sa + dy * ca) / ry
-    return np.sqrt(np.clip(1.0 - u * u - v * v, 0.0, None))
+    out: np.ndarray = np.sqrt(np.clip(1.0 - u * u - v * v, 0.0, None))
+    return out
 
 
 def _thyroid_activity(label: str, rng: np.random.Generator, matrix: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +83,7 @@ def _thyroid_activity(label: str, rng: np.random.Generator, matrix: int) -> tupl
         ``(gland, body)``: float64 expected counts, each ``(matrix, matrix)``.
     """
     yy, xx = _coords(matrix)
-    cy = 0.55 + rng.uniform(-0.05, 0.05)
+    cy = 0.55 + rng.uniform(-0.04, 0.04)
     cx = 0.5 + rng.uniform(-0.05, 0.05)
 
     if label == "graves":
@@ -110,6 +113,7 @@ def _thyroid_activity(label: str, rng: np.random.Generator, matrix: int) -> tupl
     else:
         raise ValueError(f"unknown NM phantom label {label!r}; expected one of {NM_LABELS}")
 
+    scale *= _ZOOM
     half_gap = 0.068 * scale * rng.uniform(0.9, 1.1)
     ry = 0.115 * scale * rng.uniform(0.9, 1.1)
     rx = 0.042 * scale * roundness * rng.uniform(0.9, 1.1)
@@ -127,7 +131,7 @@ def _thyroid_activity(label: str, rng: np.random.Generator, matrix: int) -> tupl
             w_right *= rng.uniform(0.0, 0.25)
         else:
             w_left *= rng.uniform(0.0, 0.25)
-    gland = w_right * right + w_left * left + isthmus_w * isthmus
+    gland = np.maximum(np.maximum(w_right * right, w_left * left), isthmus_w * isthmus)
 
     if label == "thyroid_tumour":
         side = rng.choice([-1.0, 1.0])
@@ -142,16 +146,25 @@ def _thyroid_activity(label: str, rng: np.random.Generator, matrix: int) -> tupl
             gland = gland * (1.0 - rng.uniform(0.85, 1.0) * nodule_mask)
 
     # body: neck column and upper chest, salivary glands above the thyroid
-    neck_hw = rng.uniform(0.2, 0.26)
-    neck = 1.0 / (1.0 + np.exp((np.abs(xx - cx) - neck_hw) / 0.02))
-    chest = 1.0 / (1.0 + np.exp(-(yy - (0.9 + rng.uniform(-0.04, 0.04))) / 0.03))
+    neck_hw = rng.uniform(0.2, 0.26) * _ZOOM
+    neck = 1.0 / (1.0 + np.exp((np.abs(xx - cx) - neck_hw) / 0.03))
+    chest = 1.0 / (1.0 + np.exp(-(yy - (cy + rng.uniform(0.4, 0.5) * _ZOOM)) / 0.04))
     body = np.clip(neck + chest, 0.0, 1.0) * background + 0.3
     salivary = np.zeros_like(yy)
     if label == "subacute_thyroiditis" or rng.random() < 0.8:
-        sy = cy - rng.uniform(0.3, 0.36)
+        sy = cy - rng.uniform(0.27, 0.32) * _ZOOM  # submandibular glands at the upper edge
         for side in (-1.0, 1.0):
-            sub = _ellipsoid(yy, xx, sy, cx + side * rng.uniform(0.1, 0.14), 0.03, 0.04)
-            par = _ellipsoid(yy, xx, sy - rng.uniform(0.07, 0.11), cx + side * rng.uniform(0.18, 0.22), 0.06, 0.035)
+            sub = _ellipsoid(
+                yy, xx, sy, cx + side * rng.uniform(0.1, 0.14) * _ZOOM, 0.03 * _ZOOM, 0.04 * _ZOOM
+            )
+            par = _ellipsoid(  # parotids, mostly above the field of view
+                yy,
+                xx,
+                sy - rng.uniform(0.07, 0.11) * _ZOOM,
+                cx + side * rng.uniform(0.18, 0.22) * _ZOOM,
+                0.06 * _ZOOM,
+                0.035 * _ZOOM,
+            )
             salivary += sub + 0.7 * par
     gland_peak = background * contrast
     salivary_level = max(gland_peak, background * 4.0) * saliva
@@ -176,10 +189,11 @@ def make_nm_image(label: str, rng: np.random.Generator, matrix: int = 128) -> np
         ``(matrix, matrix)`` uint16 counts.
     """
     gland, body = _thyroid_activity(label, rng, matrix)
-    sigma = rng.uniform(0.8, 1.4) * matrix / 128.0  # collimator resolution
+    sigma = rng.uniform(1.2, 2.0) * matrix / 128.0  # pinhole resolution at this zoom
     expected = gaussian_filter(gland + body, sigma) * rng.uniform(0.8, 1.25)
     counts = rng.poisson(np.clip(expected, 0.0, None))
-    return np.clip(counts, 0, 65535).astype(np.uint16)
+    image: np.ndarray = np.clip(counts, 0, 65535).astype(np.uint16)
+    return image
 
 
 def _posterior_view(anterior_expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -265,7 +279,9 @@ def nm_phantom_dataset(
     dynamic = dynamic and frames > 1
     pixels = _frames(label, seed, frames, dynamic, matrix)
     fake_id, fake_name = _fake_patient(seed, label)
-    sop_uid = sop_instance_uid or _uid(seed, label, "sop")
+    # variants of one (label, seed) are distinct instances of the same study
+    variant = "" if (frames, dynamic, matrix) == (1, False, 128) else f"/f{frames}d{int(dynamic)}m{matrix}"
+    sop_uid = UID(sop_instance_uid or _uid(seed, label, "sop" + variant))
     rng = np.random.default_rng([seed, 7919])
     when = _dt.datetime(2024, 1, 1, 8, 0) + _dt.timedelta(
         days=int(rng.integers(0, 365)), minutes=int(rng.integers(0, 480))
@@ -274,7 +290,7 @@ def nm_phantom_dataset(
     date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = NM_IMAGE_STORAGE
+    meta.MediaStorageSOPClassUID = UID(NM_IMAGE_STORAGE)
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
@@ -302,7 +318,7 @@ def nm_phantom_dataset(
     ds.StudyDescription = "NM THYROID SCINTIGRAPHY (PHANTOM)"
     # General Series
     ds.Modality = "NM"
-    ds.SeriesInstanceUID = series_instance_uid or _uid(seed, label, "series")
+    ds.SeriesInstanceUID = series_instance_uid or _uid(seed, label, "series" + variant)
     ds.SeriesNumber = 1
     ds.SeriesDate, ds.SeriesTime = date, time
     ds.SeriesDescription = "THYROID ANT STATIC" if not dynamic else "THYROID DYNAMIC"
@@ -399,8 +415,8 @@ def nm_phantom_dataset(
     detectors = []
     for d in range(int(ds.NumberOfDetectors)):
         item = Dataset()
-        item.CollimatorGridName = "LEHR"
-        item.CollimatorType = "PARA"
+        item.CollimatorGridName = "PINHOLE 4MM"
+        item.CollimatorType = "PINH"
         item.FieldOfViewShape = "RECTANGLE"
         item.FieldOfViewDimensions = [530, 390]
         item.ZoomFactor = [f"{530.0 / (spacing * matrix):.4g}"] * 2

@@ -23,8 +23,8 @@ SOFTWARE_VERSION = "0.1.0"
 # (key, code) as a model card would list them; the probabilities below are the test's input
 CLASSES: tuple[tuple[str, Code], ...] = (
     ("graves", Code("353295004", "SCT", "Graves' disease")),
-    ("subacute_thyroiditis", Code("4598005", "SCT", "Subacute thyroiditis")),
-    ("thyroid_tumour", Code("126873006", "SCT", "Neoplasm of thyroid gland")),
+    ("subacute_thyroiditis", Code("SUBAC-THYROIDITS", "99THYAI", "Subacute thyroiditis")),
+    ("thyroid_tumour", Code("237557003", "SCT", "Mass of thyroid gland")),
     ("normal", Code("17621005", "SCT", "Normal")),
 )
 PROBABILITIES: tuple[float, ...] = (0.712345678901234, 0.05, 0.187654321098766, 0.05)

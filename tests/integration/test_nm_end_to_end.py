@@ -76,6 +76,8 @@ def test_four_classes_through_redis_and_a_real_worker(
     codes = _class_codes()
     node = node_factory(orthanc, redis_url)
     studies = {label: write_nm_study(tmp_path / "in" / label, label, seed=9000 + i) for i, label in enumerate(LABELS)}
+    for path in studies.values():  # the PACS holds the studies it sends
+        orthanc.upload(path)
     sent = storescu(list(studies.values()), node.port, called_aet=node.ae_title)
     assert sent.returncode == 0, sent.stdout + sent.stderr
     for label, path in studies.items():
@@ -83,15 +85,17 @@ def test_four_classes_through_redis_and_a_real_worker(
         res = _wait_results(orthanc, node, source.StudyInstanceUID)
         _check_outputs(res, source, codes[label], tmp_path)
 
-    # The same study pushed again (as a PACS re-sending does): nothing new arrives in Orthanc.
+    # The PACS itself pushes the same study again: nothing new arrives in Orthanc.
     count = orthanc.instance_count()
     done_before = len(node.spool_jobs("done"))
-    again = storescu([studies["graves"]], node.port, called_aet=node.ae_title)
-    assert again.returncode == 0
+    orthanc.add_modality("NODE", node.ae_title, "127.0.0.1", node.port)
+    graves_uid = dcmread(studies["graves"]).StudyInstanceUID
+    orthanc.push_to("NODE", [orthanc.lookup_study(graves_uid)])
     wait_until(lambda: len(node.spool_jobs("done")) > done_before, timeout=120, what="re-sent study processed")
     assert orthanc.instance_count() == count
-    # the source instance plus our SR and SC: nothing twice
-    assert len(orthanc.study_instances(dcmread(studies["graves"]).StudyInstanceUID)) == 3
+    # the source instance plus our SR and SC, nothing twice
+    kinds = sorted(orthanc.instance_metadata(i["ID"])["SopClassUid"] for i in orthanc.study_instances(graves_uid))
+    assert kinds == sorted(["1.2.840.10008.5.1.4.1.1.20", SC_CLASS, "1.2.840.10008.5.1.4.1.1.88.34"])
 
 
 def test_embedded_broker_without_redis(orthanc: Orthanc, node_factory: Callable[..., NodeProcess], tmp_path: Path) -> None:

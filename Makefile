@@ -30,6 +30,7 @@ peers:
 	deploy/ensure-test-peers.sh
 
 test: setup peers demo
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench-ingest: setup peers

@@ -73,6 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server = ae.start_server((settings.bind_address, settings.port), block=False, evt_handlers=handlers)
+    assert server is not None  # block=False returns the server
     if settings.metrics_port:
         from prometheus_client import start_http_server
 

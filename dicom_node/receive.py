@@ -22,7 +22,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from config.settings import AllowedCaller, Settings
 from dicom_node import metrics, status

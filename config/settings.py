@@ -45,7 +45,7 @@ class Completeness(_Strict):
 
     quiet_period_s: float = Field(10.0, gt=0)
     forced_limit_s: float = Field(900.0, gt=0)
-    sweep_interval_s: float = Field(1.0, gt=0, le=60)
+    sweep_interval_s: float = Field(0.5, gt=0, le=60)
 
     @model_validator(mode="after")
     def _limit_after_quiet(self) -> "Completeness":

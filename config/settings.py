@@ -8,6 +8,7 @@ Validation happens once, at start-up, and names the failing field.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -32,12 +33,22 @@ class _Strict(BaseModel):
 
 
 class AllowedCaller(_Strict):
-    """A calling AE title that may send to the node, optionally only from one host."""
+    """A calling AE title that may send to the node, optionally only from one host (an IP address)."""
 
     ae_title: str
     host: str | None = None
 
     _ae = field_validator("ae_title")(_check_ae)
+
+    @field_validator("host")
+    @classmethod
+    def _ip_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                return str(ipaddress.ip_address(value))
+            except ValueError:
+                raise ValueError(f"host must be an IP address (the peer's address is compared), not {value!r}") from None
+        return value
 
 
 class Completeness(_Strict):
@@ -120,6 +131,7 @@ class Settings(BaseSettings):
     destinations: list[Destination] = []
     routes: list[Rule] = Field(default_factory=_default_rules)
     models: dict[str, str] = {"nm_thyroid_dx": "demo"}  # name -> bundle dir, or "demo"
+    task_lease_s: float = Field(1800.0, gt=0)  # a route with no sign of its task this long is dispatched again
     export_max_retries: int = Field(40, ge=0)
     export_backoff_s: float = Field(5.0, gt=0)
     export_backoff_max_s: float = Field(300.0, gt=0)

@@ -56,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def dispatch(job_id: str, r: Route) -> None:
         app.send_task(INFER_TASK, args=[job_id, r.name], queue=r.queue)
 
-    children: list[subprocess.Popen[bytes]] = []
+    worker_cmds: list[list[str]] = []
     if settings.embedded_broker and not args.no_workers:
         # No broker server: run the workers here, one for inference, one for export,
         # so a long inference never holds results back from the PACS.
@@ -64,7 +64,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             cmd = [sys.executable, "-m", "dicom_node.cli", "worker", "--queues", queues]
             if args.config:
                 cmd += ["--config", str(args.config)]
-            children.append(subprocess.Popen(cmd))
+            worker_cmds.append(cmd)
+    children = [subprocess.Popen(cmd) for cmd in worker_cmds]
+    started = [time.monotonic() for _ in children]
+    if children:
         log.info("embedded broker %s; started %d worker processes", settings.effective_broker_url, len(children))
 
     ae, handlers = build_ae(settings, spool)
@@ -83,10 +86,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("listening as %s on %s:%d; spool %s", settings.ae_title, settings.bind_address, settings.port, settings.spool_dir)
     try:
         while not stop.wait(1.0):
-            for child in children:
-                if child.poll() is not None:
-                    log.error("a worker process exited (%s); stopping", child.returncode)
-                    stop.set()
+            for i, child in enumerate(children):
+                # A worker that dies (out of memory on one study, a crash) is restarted; the
+                # listener goes on receiving. At most one restart per worker every 10 s.
+                if child.poll() is not None and time.monotonic() - started[i] >= 10:
+                    log.error("worker process %d exited (%s); restarting it", child.pid, child.returncode)
+                    children[i] = subprocess.Popen(worker_cmds[i])
+                    started[i] = time.monotonic()
     finally:
         server.shutdown()
         sweeper.stop()

@@ -110,7 +110,11 @@ def send_files(
             if item.sop_class_uid not in accepted:
                 refused_classes.add(item.sop_class_uid)
                 continue
-            rsp = assoc.send_c_store(item.path)
+            try:
+                rsp = assoc.send_c_store(item.path)
+            except (RuntimeError, OSError, ValueError) as exc:  # the peer dropped the association, an unreadable file
+                failures.append(type(exc).__name__)
+                break
             code = getattr(rsp, "Status", None)
             if code in status.STORED_STATUSES:
                 done.add(item.sop_instance_uid)

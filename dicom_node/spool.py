@@ -62,6 +62,7 @@ class StudyManifest:
     first_received: float = 0.0  # wall clock, seconds since the epoch
     last_received: float = 0.0
     series: dict[str, SeriesInfo] = field(default_factory=dict)
+    closed_local: str = ""  # YYYYMMDDHHMMSS, the listener's local time when the study was closed
 
     @property
     def instance_count(self) -> int:
@@ -144,10 +145,13 @@ class Spool:
             with self._lock:
                 study_dir = self.root / "incoming" / meta.study_instance_uid
                 series_dir = study_dir / meta.series_instance_uid
+                new_study = not study_dir.exists()
                 new_series = not series_dir.exists()
                 series_dir.mkdir(parents=True, exist_ok=True)
                 target = series_dir / f"{meta.sop_instance_uid}.dcm"
                 os.replace(tmp, target)
+                if new_study:
+                    _fsync_dir(self.root / "incoming")
                 if new_series:
                     _fsync_dir(study_dir)
                 _fsync_dir(series_dir)
@@ -161,7 +165,11 @@ class Spool:
         uid = meta.study_instance_uid
         manifest = self._manifests.get(uid)
         if manifest is None:
-            manifest = self._load_incoming_manifest(uid) or StudyManifest(uid, calling_ae, now, now)
+            # First instance of a study since start-up: what is already on disk (a restart
+            # mid-study) is recovered from the files, the manifest alone may be stale.
+            study_dir = self.root / "incoming" / uid
+            others = any(p.name != f"{meta.sop_instance_uid}.dcm" for p in study_dir.glob("*/*.dcm"))
+            manifest = self._recover(study_dir) if others else StudyManifest(uid, calling_ae, now, now)
             self._manifests[uid] = manifest
         manifest.last_received = max(manifest.last_received, now)
         manifest.calling_ae = manifest.calling_ae or calling_ae
@@ -233,9 +241,10 @@ class Spool:
             manifest = self._manifests.pop(study_instance_uid)
             self._dirty.discard(study_instance_uid)
             src = self.root / "incoming" / study_instance_uid
+            closed = time.time() if now is None else now
+            manifest.closed_local = time.strftime("%Y%m%d%H%M%S", time.localtime(closed))
             _atomic_write_text(src / "manifest.json", manifest.to_json(), self.tmp)
-            stamp = int((time.time() if now is None else now) * 1000)
-            job_id = f"{stamp}-{study_key(study_instance_uid)}"
+            job_id = f"{int(closed * 1000)}-{study_key(study_instance_uid)}"
             os.replace(src, self.root / "jobs" / job_id)
         return job_id
 
@@ -284,7 +293,7 @@ class Spool:
                 fh.flush()
                 os.fsync(fh.fileno())
         (staging / ".complete").touch()
-        final.parent.mkdir(parents=True, exist_ok=True)
+        final.parent.mkdir(exist_ok=True)  # never recreate a job folder that has moved on
         if final.exists():  # a re-delivered task: same bytes, replace
             shutil.rmtree(final)
         os.replace(staging, final)
@@ -307,6 +316,19 @@ class Spool:
 
     def mark_exported(self, job_id: str, route: str) -> None:
         (self.out_dir(job_id, route) / ".exported").touch()
+
+    def is_exported(self, job_id: str, route: str) -> bool:
+        return (self.out_dir(job_id, route) / ".exported").exists()
+
+    def dispatch_marker(self, job_id: str, route: str) -> Path:
+        """Touched when a route is handed to the queue and by every task working on it (a lease)."""
+        return self.job_dir(job_id) / f".dispatched-{route}"
+
+    def heartbeat(self, job_id: str, route: str) -> None:
+        try:
+            self.dispatch_marker(job_id, route).touch()
+        except FileNotFoundError:  # the job moved on (done, failed)
+            pass
 
     def finish_if_exported(self, job_id: str) -> bool:
         """Move the job to ``done/`` once every route it took is exported."""

@@ -48,7 +48,7 @@ class Sweeper:
                 metrics.STUDIES_COMPLETED.inc()
                 self.route_job(job_id)
                 closed.append(job_id)
-        self.redispatch()
+        self.redispatch(now)
         return closed
 
     def route_job(self, job_id: str) -> None:
@@ -62,16 +62,29 @@ class Sweeper:
             return
         self.spool.write_json(job_id, "routes.json", [r.as_dict() for r in routes])
 
-    def redispatch(self) -> None:
-        """Hand every routed job's routes to the queue once; retried while the broker is down."""
+    def redispatch(self, now: float | None = None) -> None:
+        """Hand each routed job's routes to the queue; hand them again when their lease runs out.
+
+        A job closed but not yet routed (a crash in between) is routed now. A route whose
+        marker has not been touched for ``task_lease_s`` (the task was lost with a worker or
+        the embedded broker) and that is not exported is dispatched again: tasks are
+        idempotent, so a re-run re-uses published outputs and sends only what is missing.
+        """
+        now = time.time() if now is None else now
+        lease = self.settings.task_lease_s
         for job_id in self.spool.jobs("jobs"):
             job_dir = self.spool.job_dir(job_id)
             if not (job_dir / "routes.json").exists():
-                continue
+                self.route_job(job_id)
+                if not (job_dir / "routes.json").exists():
+                    continue  # ignored
             for raw in self.spool.read_json(job_id, "routes.json"):
-                marker = job_dir / f".dispatched-{raw['name']}"
+                marker = self.spool.dispatch_marker(job_id, raw["name"])
                 if marker.exists():
-                    continue
+                    if now - marker.stat().st_mtime < lease or self.spool.is_exported(job_id, raw["name"]):
+                        continue
+                    log.warning("job %s route %s: no sign of its task for %.0f s; dispatching again",
+                                job_id, raw["name"], lease)
                 r = Route(raw["name"], raw["pipeline"], raw["queue"], tuple(raw["series"]))
                 try:
                     self.dispatch(job_id, r)

@@ -18,6 +18,13 @@ def export_route(spool: Spool, settings: Settings, job_id: str, route_name: str)
     Raises TransientSendError / PermanentSendError from :func:`dicom_node.send.send_files`.
     """
     files = [describe(p) for p in spool.outputs(job_id, route_name)]
+    if not settings.destinations:
+        # Nothing to send to: the results stay in the spool (done/<job>/out/), and no ledger
+        # entry is written, so the study is processed and sent again once a PACS is configured.
+        spool.mark_exported(job_id, route_name)
+        if spool.finish_if_exported(job_id):
+            log.warning("job %s done: no destination configured, %d object(s) kept in the spool", job_id, len(files))
+        return
     for dest in settings.destinations:
         before = spool.sent_to(job_id, route_name, dest.name)
         try:

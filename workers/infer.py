@@ -6,7 +6,7 @@ import importlib
 import io
 import json
 import logging
-from datetime import datetime
+from datetime import datetime, timezone
 from types import ModuleType
 from typing import Any
 
@@ -45,12 +45,16 @@ def encode_files(objects: list[Dataset]) -> dict[str, bytes]:
     return files
 
 
-def job_datetime(job_id: str) -> datetime:
-    """The job's creation time: the content date/time of every object it produces.
+def job_datetime(spool: Spool, job_id: str) -> datetime:
+    """When the study was closed, in the listener's local time: the content date/time of its objects.
 
-    Taken from the job id, so a re-delivered task writes byte-identical objects.
+    Recorded in the job's manifest by the listener, so a task re-delivered to any worker
+    (whatever its time zone) writes byte-identical objects.
     """
-    return datetime.fromtimestamp(int(job_id.split("-", 1)[0]) / 1000.0).replace(microsecond=0)
+    closed = spool.job_manifest(job_id).closed_local
+    if closed:
+        return datetime.strptime(closed, "%Y%m%d%H%M%S")
+    return datetime.fromtimestamp(int(job_id.split("-", 1)[0]) / 1000.0, tz=timezone.utc).replace(tzinfo=None, microsecond=0)
 
 
 def process_route(spool: Spool, settings: Settings, job_id: str, route_name: str) -> bool:
@@ -66,7 +70,11 @@ def process_route(spool: Spool, settings: Settings, job_id: str, route_name: str
         return True
     pipeline = get_pipeline(r["pipeline"])
     models = load_models(pipeline.MODELS, settings)
-    salt = r["pipeline"] + "|" + "|".join(f"{m.info.name}:{m.info.version}" for m in models.values())
+    # same input, same models, same destinations: already done; a new PACS or model version is not
+    salt = "|".join(
+        [r["pipeline"], *(f"{m.info.name}:{m.info.version}" for m in models.values()),
+         *sorted(f"{d.ae_title}@{d.host}:{d.port}" for d in settings.destinations)]
+    )
     fingerprint = spool.fingerprint(job_id, r["series"], salt)
     prior = spool.ledger_get(fingerprint)
     if prior is not None:
@@ -77,7 +85,7 @@ def process_route(spool: Spool, settings: Settings, job_id: str, route_name: str
         spool.finish_if_exported(job_id)
         return False
     sources = [dcmread(p) for p in spool.job_instances(job_id, r["series"])]
-    objects = pipeline.process(sources, models, job_datetime(job_id))
+    objects = pipeline.process(sources, models, job_datetime(spool, job_id))
     files = encode_files(objects)
     files["fingerprint"] = fingerprint.encode()
     spool.publish_outputs(job_id, route_name, files)

@@ -41,6 +41,7 @@ def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         ("routes: [{name: r, pipeline: p, queue: gpu}]\n", "routes.0.queue"),
         ("completeness: {quiet_period_s: 20, forced_limit_s: 5}\n", "completeness"),
         ("bogus: 1\n", "bogus"),
+        ("allowed_callers: [{ae_title: PACS, host: pacs.example.org}]\n", "allowed_callers.0.host"),
         ("routes: [{name: r, pipeline: p, queue: nm, match: {series_description: '('}}]\n", "routes.0.match.series_description"),
     ],
 )

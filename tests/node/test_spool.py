@@ -46,6 +46,33 @@ def test_manifest_survives_restart(tmp_path: Path) -> None:
     assert m.last_received >= 100.0
 
 
+def test_restart_mid_study_recovers_unflushed_instances_from_files(tmp_path: Path) -> None:
+    from io import BytesIO
+
+    from pydicom import dcmread, dcmwrite
+    from pydicom.data import get_testdata_file
+
+    def encoded(series: str, sop: str) -> tuple[bytes, InstanceMeta]:
+        ds = dcmread(get_testdata_file("CT_small.dcm"))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = "1.2.3", series, sop
+        buf = BytesIO()
+        dcmwrite(buf, ds, enforce_file_format=True)
+        return buf.getvalue(), InstanceMeta("1.2.3", series, sop, str(ds.SOPClassUID), "CT")
+
+    spool = Spool(tmp_path)
+    spool.store(*encoded("1.2.3.1", "1.2.3.1.1"), "PACS", now=100.0)
+    spool.flush()
+    spool.store(*encoded("1.2.3.2", "1.2.3.2.1"), "PACS", now=101.0)  # a second series, never flushed
+    restarted = Spool(tmp_path)  # the node died; the PACS sends one more instance of series 1
+    restarted.store(*encoded("1.2.3.1", "1.2.3.1.2"), "PACS", now=200.0)
+    (m,) = restarted.incoming()
+    assert {uid: sorted(s.instances) for uid, s in m.series.items()} == {
+        "1.2.3.1": ["1.2.3.1.1", "1.2.3.1.2"],
+        "1.2.3.2": ["1.2.3.2.1"],
+    }
+    assert m.calling_ae == "PACS" and m.first_received == 100.0 and m.last_received >= 200.0
+
+
 def test_close_route_publish_finish(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     spool.store(b"a", _meta("1.2.3.1.1"), "PACS", now=100.0)

@@ -62,3 +62,32 @@ def test_restart_finishes_pending_study(tmp_path: Path) -> None:
     sent: list[str] = []
     restarted = Sweeper(Spool(settings.spool_dir), settings, lambda job, r: sent.append(job))
     assert len(restarted.tick(now=1000.0)) == 1 and len(sent) == 1
+
+
+def test_closed_but_unrouted_job_is_routed_after_a_crash(tmp_path: Path) -> None:
+    settings = load_settings(None, data_dir=tmp_path)
+    spool = Spool(settings.spool_dir)
+    _store(spool, "1.2.3", "NM", now=100.0)
+    job = spool.close_study("1.2.3", now=200.0)  # the node dies before routing
+    sent: list[str] = []
+    Sweeper(Spool(settings.spool_dir), settings, lambda j, r: sent.append(j)).tick(now=201.0)
+    assert sent == [job]
+
+
+def test_lost_task_is_dispatched_again_after_its_lease(tmp_path: Path) -> None:
+    settings = load_settings(None, data_dir=tmp_path, task_lease_s=60)
+    spool = Spool(settings.spool_dir)
+    sent: list[str] = []
+    sweeper = Sweeper(spool, settings, lambda j, r: sent.append(j))
+    _store(spool, "1.2.3", "NM", now=100.0)
+    (job,) = sweeper.tick(now=200.0)
+    marker = spool.dispatch_marker(job, "nm-thyroid")
+    mtime = marker.stat().st_mtime
+    sweeper.tick(now=mtime + 30)  # lease not run out: nothing
+    assert sent == [job]
+    sweeper.tick(now=mtime + 61)  # no heartbeat for longer than the lease: again
+    assert sent == [job, job]
+    spool.publish_outputs(job, "nm-thyroid", {"a.dcm": b"x"})
+    spool.mark_exported(job, "nm-thyroid")
+    sweeper.tick(now=marker.stat().st_mtime + 1000)  # exported: never again
+    assert sent == [job, job]

@@ -5,6 +5,7 @@ worker        a Celery worker for given queues (GPU hosts run this)
 check-config  validate a config file and print the effective settings
 route         --dry-run DIR: which rule each study in a folder would take
 replay        run a pipeline on a folder of DICOM files, write the outputs as .dcm (no broker, no network)
+models        list | verify [PATH] | install PATH: the model bundles, checked (card, sha256)
 build-demo    train the phantom demo weights of a zoo model into the cache
 """
 
@@ -69,6 +70,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     started = [time.monotonic() for _ in children]
     if children:
         log.info("embedded broker %s; started %d worker processes", settings.effective_broker_url, len(children))
+
+    from model_zoo.manage import status as bundle_status
+
+    for st in bundle_status(settings.models):  # checked again by the workers when they load them
+        if st.ok:
+            log.info("model %s: bundle %s OK", st.name, st.path)
+        elif st.location == "demo":
+            log.warning("model %s: demo bundle not built yet; the first study builds it (minutes): run 'thyroid-node build-demo'", st.name)
+        else:
+            log.error("model %s: %s; studies routed to it will fail until this is fixed", st.name, st.error)
+    if not settings.destinations:
+        log.warning("no destinations configured: results stay in %s", settings.spool_dir / "done")
 
     ae, handlers = build_ae(settings, spool)
     sweeper = Sweeper(spool, settings, dispatch)
@@ -201,6 +214,40 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- models
+def cmd_models(args: argparse.Namespace) -> int:
+    from model_zoo import manage
+    from model_zoo.errors import BundleError
+
+    settings = _settings(args)
+    if args.action == "install":
+        if not args.path:
+            print("thyroid-node models install PATH", file=sys.stderr)
+            return 2
+        try:
+            target = manage.install(Path(args.path), settings.data_dir / "bundles", force=args.force)
+        except BundleError as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return 1
+        print(f"installed at {target}\nto use it, set in the config:\n  models:\n    {target.name.rsplit('-', 1)[0]}: {target}")
+        return 0
+    models = dict(settings.models)
+    if args.action == "verify" and args.path:
+        models = {"(given)": str(args.path)}
+    failed = 0
+    for st in manage.status(models):
+        if st.bundle is not None:
+            card = st.bundle.card
+            if st.name == "(given)":
+                print(f"OK   {card.ident}{'  DEMO - not for clinical use' if card.demo else ''}  {st.path}")
+            else:
+                print(f"OK   {st.name}: {card.version}{'  DEMO - not for clinical use' if card.demo else ''}  {st.path}")
+        else:
+            failed += 1
+            print(f"FAIL {st.name}: {st.error}")
+    return 1 if failed and args.action == "verify" else 0
+
+
 # ------------------------------------------------------------------------ build-demo
 def cmd_build_demo(args: argparse.Namespace) -> int:
     from model_zoo.demo import ensure_demo_bundle
@@ -235,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in", dest="in_dir", required=True, metavar="DIR")
     p.add_argument("--out", dest="out_dir", required=True, metavar="DIR")
     p.add_argument("--pipeline", default=None)
+    p = add("models", cmd_models, "list, verify or install model bundles")
+    p.add_argument("action", choices=["list", "verify", "install"])
+    p.add_argument("path", nargs="?", help="a bundle folder (verify, install)")
+    p.add_argument("--force", action="store_true", help="install: replace the same name and version")
     p = add("build-demo", cmd_build_demo, "train the demo (phantom) weights into the cache")
     p.add_argument("models", nargs="*", default=["nm_thyroid_dx"])
     return parser

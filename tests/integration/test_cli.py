@@ -47,3 +47,31 @@ def test_replay_writes_valid_outputs_with_the_phantom_class(tmp_path: Path) -> N
     assert dcmread(src).SOPInstanceUID in referenced_sop_instances(sr)
     for path in outputs:
         assert dciodvfy_errors(path) == []
+
+
+def test_models_verify_install_and_refuse_tampered(tmp_path: Path) -> None:
+    import shutil
+
+    from model_zoo.demo import ensure_demo_bundle
+
+    demo = ensure_demo_bundle("nm_thyroid_dx")
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text("data_dir: var\nmodels: {nm_thyroid_dx: demo}\n")
+    listed = _cli("models", "list", "--config", str(cfg), cwd=tmp_path)
+    assert listed.returncode == 0 and "OK   nm_thyroid_dx: 0.1.0-demo  DEMO" in listed.stdout
+    installed = _cli("models", "install", str(demo), "--config", str(cfg), cwd=tmp_path)
+    assert installed.returncode == 0, installed.stderr
+    target = tmp_path / "var" / "bundles" / "nm_thyroid_dx-0.1.0-demo"
+    assert (target / "models" / "model.pt").is_file()
+    again = _cli("models", "install", str(demo), "--config", str(cfg), cwd=tmp_path)
+    assert again.returncode == 1 and "already installed" in again.stderr
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(demo, tampered)
+    with open(tampered / "models" / "model.pt", "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\x00\x01\x02\x03")
+    bad = _cli("models", "verify", str(tampered), "--config", str(cfg), cwd=tmp_path)
+    assert bad.returncode == 1 and "models/model.pt sha256 mismatch" in bad.stdout
+    refused = _cli("models", "install", str(tampered), "--config", str(cfg), "--force", cwd=tmp_path)
+    assert refused.returncode == 1 and "sha256 mismatch" in refused.stderr

@@ -13,7 +13,7 @@ from tests.peers import ORTHANC_BIN, Orthanc, OrthancFactory
 
 def _require_orthanc() -> None:
     if not ORTHANC_BIN.exists():
-        pytest.skip(f"{ORTHANC_BIN} is absent (apt-get install orthanc orthanc-dicomweb)")
+        pytest.fail(f"{ORTHANC_BIN} is absent (make peers installs orthanc and orthanc-dicomweb)")
 
 
 @pytest.fixture

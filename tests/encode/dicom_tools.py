@@ -33,7 +33,7 @@ def write(tmp_path: Path, name: str, data: bytes) -> Path:
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} not on PATH")
+        pytest.fail(f"{name} not on PATH (make peers installs dcmtk and dicom3tools)")
     return path
 
 

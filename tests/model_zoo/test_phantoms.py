@@ -81,7 +81,7 @@ def test_written_file_reads_back_and_passes_dciodvfy(tmp_path: Path, kw: dict[st
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     assert int(ds.NumberOfFrames) == kw.get("frames", 1)
     if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy not installed")
+        pytest.fail("dciodvfy not installed (make peers installs dicom3tools)")
     out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
     errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
     assert errors == []

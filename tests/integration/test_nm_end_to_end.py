@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 from pathlib import Path
 from typing import Any, Callable
 
@@ -98,9 +100,19 @@ def test_four_classes_through_redis_and_a_real_worker(
     assert kinds == sorted(["1.2.840.10008.5.1.4.1.1.20", SC_CLASS, "1.2.840.10008.5.1.4.1.1.88.34"])
 
 
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
 def test_embedded_broker_without_redis(orthanc: Orthanc, node_factory: Callable[..., NodeProcess], tmp_path: Path) -> None:
     codes = _class_codes()
     node = node_factory(orthanc, None)  # no broker_url: SQLite broker, workers started by serve
+    # The inference worker dies (as under the OOM killer): serve restarts it and keeps listening.
+    serve_pid = node.procs[0][0].pid
+    workers = wait_until(lambda: _children(serve_pid) if len(_children(serve_pid)) == 2 else None, timeout=30, what="2 workers")
+    os.kill(workers[0], signal.SIGKILL)
+    wait_until(lambda: "restarting it" in node.logs(), timeout=60, what="the dead worker restarted")
     path = write_nm_study(tmp_path / "in", "thyroid_tumour", seed=9100)
     assert storescu([path], node.port, called_aet=node.ae_title).returncode == 0
     source = dcmread(path)

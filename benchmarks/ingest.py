@@ -153,20 +153,12 @@ def main() -> int:
     if "node" in args.targets and peers.node_executable() is None:
         print("thyroid-node not found in this venv: node half NOT measured (storescp only)")
         args.targets = [t for t in args.targets if t != "node"]
-    work_dir = Path(tempfile.mkdtemp(prefix="thyroid-bench-", dir=args.work_dir))
-    try:
+    with peers.work_dir("thyroid-bench-", args.work_dir, args.keep) as work_dir:
         files = write_ct_series(work_dir / "series", args.slices, args.size, seed=0)
         megabytes = sum(p.stat().st_size for p in files) / 1e6
         cases = [Case(t, s, n) for n in args.associations for s in args.senders for t in args.targets]
         print(f"{len(files)} files, {megabytes:.1f} MB; {len(cases)} cases x {args.reps} reps", flush=True)
         print_table(run_cases(cases, files, work_dir, args), megabytes, args)
-    except BaseException:
-        print(f"failed: {work_dir} kept for its logs (remove it when done)", flush=True)
-        raise
-    if args.keep:
-        print(f"kept {work_dir}")
-    else:
-        shutil.rmtree(work_dir, ignore_errors=True)
     return 0
 
 

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,16 +167,8 @@ def main() -> int:
     if executable is None:
         print("thyroid-node not found in this venv: nothing to measure")
         return 2
-    work_dir = Path(tempfile.mkdtemp(prefix="thyroid-nm-latency-", dir=args.work_dir))
-    try:
+    with peers.work_dir("thyroid-nm-latency-", args.work_dir, args.keep) as work_dir:
         warm, timed = run(args, work_dir, executable)
-    except BaseException:
-        print(f"failed: {work_dir} kept for its logs (remove it when done)", flush=True)
-        raise
-    if args.keep:
-        print(f"kept {work_dir}")
-    else:
-        shutil.rmtree(work_dir, ignore_errors=True)
     beyond = [t - args.quiet for t in timed]
     print(f"\nNM study -> SR + SC in Orthanc, quiet period {args.quiet:g} s, {len(timed)} studies")
     print(f"  latency      median {statistics.median(timed):6.2f} s   max {max(timed):6.2f} s")

@@ -7,12 +7,14 @@ are waited for with a bounded C-ECHO poll, and are stopped by their PID.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -187,3 +189,18 @@ def node_worker(work_dir: Path, executable: str, queues: str) -> subprocess.Pope
             stdin=subprocess.DEVNULL,
             cwd=work_dir,
         )
+
+
+@contextlib.contextmanager
+def work_dir(prefix: str, parent: Path | None, keep: bool) -> Iterator[Path]:
+    """A temporary folder for one benchmark run: kept (and named) on failure or with ``keep``."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield path
+    except BaseException:
+        print(f"failed: {path} kept for its logs (remove it when done)", flush=True)
+        raise
+    if keep:
+        print(f"kept {path}")
+    else:
+        shutil.rmtree(path, ignore_errors=True)

@@ -93,3 +93,15 @@ def not_analysable(ds: pydicom.Dataset, reason: str, *, model: ModelInfo | None 
         study_instance_uid=ds.StudyInstanceUID,
         not_analysable=(NotAnalysable(source=source_image(ds), model=model or model_info(), reason=reason),),
     )
+
+
+def assert_processing_equipment(ds: pydicom.Dataset) -> None:
+    """The node names itself as Processing Equipment (IHE AI Results), at the content time."""
+    processing = [
+        e for e in ds.ContributingEquipmentSequence if e.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    ]
+    assert processing and all(e.ContributionDateTime.startswith("20250314092653") for e in processing)
+    equipment = [e for e in ds.ContributingEquipmentSequence if e.Manufacturer == "Thyroid AI Node"]
+    assert equipment[0].ManufacturerModelName == "nm_thyroid_dx"
+    assert equipment[0].SoftwareVersions == SOFTWARE_VERSION
+    assert equipment[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109102"

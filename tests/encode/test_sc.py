@@ -51,16 +51,7 @@ def test_sc_round_trip(nm_source: pydicom.Dataset, tmp_path: Path) -> None:
     assert "ReferencedFrameNumber" not in ref  # the result named no frame of a 1-frame image
     assert ref.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
 
-    processing = [
-        e
-        for e in ds.ContributingEquipmentSequence
-        if e.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
-    ]
-    assert processing and all(e.ContributionDateTime.startswith("20250314092653") for e in processing)
-    equipment = [e for e in ds.ContributingEquipmentSequence if e.Manufacturer == "Thyroid AI Node"]
-    assert equipment[0].ManufacturerModelName == "nm_thyroid_dx"
-    assert equipment[0].SoftwareVersions == SOFTWARE_VERSION
-    assert equipment[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    builders.assert_processing_equipment(ds)
 
     pixels = ds.pixel_array
     assert pixels.dtype == np.uint8 and pixels.shape[2] == 3

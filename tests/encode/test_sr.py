@@ -108,15 +108,7 @@ def test_sr_round_trip_content(nm_source: pydicom.Dataset, tmp_path: Path) -> No
         i.CodingSchemeDesignator == thy_codes.PRIVATE_SCHEME
         for i in ds.CodingSchemeIdentificationSequence
     )
-    processing = [
-        e
-        for e in ds.ContributingEquipmentSequence
-        if e.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
-    ]
-    assert processing and all(e.ContributionDateTime.startswith("20250314092653") for e in processing)
-    equipment = [e for e in ds.ContributingEquipmentSequence if e.Manufacturer == "Thyroid AI Node"]
-    assert equipment[0].ManufacturerModelName == "nm_thyroid_dx"
-    assert equipment[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    builders.assert_processing_equipment(ds)
 
     path = write(tmp_path, "sr.dcm", to_bytes(ds))
     assert dciodvfy_errors(path) == []

@@ -61,7 +61,7 @@ class CamResult:
     Attributes
     ----------
     heatmap : numpy.ndarray
-        ``(H, W)`` float32 in [0, 1], the input's spatial size.
+        ``(H, W)`` or ``(D, H, W)`` float32 in [0, 1], the input's spatial size.
     target : int
         Class index explained.
     logits : numpy.ndarray
@@ -74,7 +74,7 @@ class CamResult:
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, layer_name: str, target: int | None = None) -> CamResult:
-    """Grad-CAM (Selvaraju et al. 2017) for one image.
+    """Grad-CAM (Selvaraju et al. 2017) for one 2D image or 3D volume.
 
     Parameters
     ----------
@@ -82,7 +82,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, layer_name: str, target: int | N
         Left in the mode it is in (use eval mode for inference); its parameters' ``.grad`` are
         not touched.
     x : torch.Tensor
-        ``(1, C, H, W)`` on the model's device.
+        ``(1, C, H, W)`` or ``(1, C, D, H, W)`` on the model's device.
     layer_name : str
         Dotted module name, e.g. ``"backbone.layer4"``.
     target : int, optional
@@ -92,8 +92,9 @@ def grad_cam(model: nn.Module, x: torch.Tensor, layer_name: str, target: int | N
     -------
     CamResult
     """
-    if x.ndim != 4 or x.shape[0] != 1:
-        raise ValueError(f"grad_cam takes one image (1, C, H, W), got {tuple(x.shape)}")
+    if x.ndim not in (4, 5) or x.shape[0] != 1:
+        raise ValueError(f"grad_cam takes one image (1, C, H, W) or volume (1, C, D, H, W), got {tuple(x.shape)}")
+    spatial = tuple(range(2, x.ndim))
     x = x.detach().requires_grad_(True)  # activations need a graph even if weights are frozen
     with torch.enable_grad(), capture_activation(model, layer_name) as cap:
         logits = model(x)
@@ -102,9 +103,10 @@ def grad_cam(model: nn.Module, x: torch.Tensor, layer_name: str, target: int | N
         activation = cap.activation
         cls = int(logits[0].argmax()) if target is None else int(target)
         (grads,) = torch.autograd.grad(logits[0, cls], activation)
-    weights = grads.mean(dim=(2, 3), keepdim=True)  # (1, K, 1, 1)
-    cam = F.relu((weights * activation.detach()).sum(dim=1, keepdim=True))  # (1, 1, h, w)
-    cam = F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)[0, 0]
+    weights = grads.mean(dim=spatial, keepdim=True)  # (1, K, 1, 1[, 1])
+    cam = F.relu((weights * activation.detach()).sum(dim=1, keepdim=True))  # (1, 1, [d,] h, w)
+    mode = "bilinear" if x.ndim == 4 else "trilinear"
+    cam = F.interpolate(cam, size=x.shape[2:], mode=mode, align_corners=False)[0, 0]
     peak = cam.max()
     cam = cam / peak if float(peak) > 0 else torch.zeros_like(cam)
     heatmap = cam.clamp(0.0, 1.0).cpu().numpy().astype(np.float32)

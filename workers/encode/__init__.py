@@ -2,8 +2,13 @@
 
 * :mod:`workers.encode.sr`: NM results -> TID 1500 Measurement Report
   (:func:`workers.encode.sr.encode_nm_sr`).
-* :mod:`workers.encode.sc`: one NM diagnosis' Grad-CAM -> Secondary Capture
-  (:func:`workers.encode.sc.encode_heatmap_sc`), pixels drawn by
+* :mod:`workers.encode.sr_ct`: CT lung lesions -> TID 1500 Measurement Report
+  (:func:`workers.encode.sr_ct.encode_ct_sr`), one volumetric group per lesion.
+* :mod:`workers.encode.seg`: CT lung lesions -> Segmentation over the source CT's
+  own geometry, one segment per lesion (:func:`workers.encode.seg.encode_ct_seg`).
+* :mod:`workers.encode.sc`: a Grad-CAM heatmap -> Secondary Capture, one per NM
+  diagnosis (:func:`workers.encode.sc.encode_heatmap_sc`) or per CT lesion
+  (:func:`workers.encode.sc.encode_lesion_sc`), pixels drawn by
   :mod:`workers.encode.heatmap_render`.
 * :mod:`workers.encode.uids`: deterministic UIDs, so that a re-run replaces.
 * :mod:`workers.encode.codes`: every coded concept written, with its source.

@@ -12,11 +12,28 @@ Standard codes (checked against pydicom's copy of PS3.16 and LOINC's table):
   Reference of the SC's Source Image Sequence item (CID 7202).
 * ``(1, UCUM, "no units")``: unit of a probability.
 
+CT (seed 000, lung metastases of differentiated thyroid cancer):
+
+* ``(24627-2, LN, "CT Chest")``: Procedure Reported (LOINC / RSNA Playbook
+  "CT Chest"; a non-contrast chest CT).
+* ``(39607008, SCT, "Lung")``: Finding Site and SEG Anatomic Region, with the
+  laterality ``(24028007, SCT, "Right")`` / ``(7771000, SCT, "Left")``.
+* ``(49755003, SCT, "Morphologically abnormal structure")``: SEG Segmented
+  Property Category (CID 7150) and SR Finding Category.
+* ``(14799000, SCT, "Neoplasm, metastatic")``: SEG Segmented Property Type
+  and SR Finding (the lesion is a metastasis candidate).
+* ``(81827009, SCT, "Diameter")`` with derivation ``(56851009, SCT,
+  "Maximum")`` (CID 7464): the largest 3D diameter, in ``(mm, UCUM, "mm")``.
+* ``(118565006, SCT, "Volume")`` in ``(mm3, UCUM, "cubic millimeter")``.
+* ``(373066001, SCT, "Yes")`` / ``(373067005, SCT, "No")``: value of the
+  RAI-refractory evaluation.
+
 Private codes, scheme ``99THYAI`` (declared in each object's Coding Scheme
 Identification Sequence by :func:`private_coding_scheme`): one concept per
 class probability ("Probability of <class>"), and the few TID 1501 qualitative
 evaluations no standard code says as plainly (analysis result, reason, frame
-choice, disclaimer).
+choice, disclaimer; for CT: RAI-refractory status, decision threshold, lesion
+centre, series selection, "no lung lesion found").
 """
 
 from __future__ import annotations
@@ -58,6 +75,40 @@ NOT_ANALYSABLE: Final[hd.sr.CodedConcept] = _private("NOT-ANALYSABLE", "Not anal
 REASON_NOT_ANALYSABLE: Final[hd.sr.CodedConcept] = _private("REASON", "Reason not analysable")
 FRAME_CHOICE: Final[hd.sr.CodedConcept] = _private("FRAME-CHOICE", "Frame selection")
 DISCLAIMER: Final[hd.sr.CodedConcept] = _private("DISCLAIMER", "Disclaimer")
+
+# --- CT (seed 000) ---------------------------------------------------------------------------
+PROCEDURE_CT_CHEST: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept(
+    value="24627-2", scheme_designator="LN", meaning="CT Chest"
+)
+LUNG: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.SCT.Lung)
+RIGHT: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.SCT.Right)
+LEFT: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.SCT.Left)
+MORPHOLOGICALLY_ABNORMAL_STRUCTURE: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept(
+    value="49755003", scheme_designator="SCT", meaning="Morphologically abnormal structure"
+)
+METASTATIC_NEOPLASM: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept(
+    value="14799000", scheme_designator="SCT", meaning="Neoplasm, metastatic"
+)
+DIAMETER: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.SCT.Diameter)
+MAXIMUM: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.SCT.Maximum)
+VOLUME: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.SCT.Volume)
+MILLIMETER: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.UCUM.Millimeter)
+CUBIC_MILLIMETER: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(
+    codes.UCUM.CubicMillimeter
+)
+YES: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.SCT.Yes)
+NO: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.SCT.No)
+ARTIFICIAL_INTELLIGENCE: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(
+    codes.cid7162.ArtificialIntelligence
+)
+
+RAI_REFRACTORY: Final[hd.sr.CodedConcept] = _private("RAI-REFRACTORY", "RAI-refractory")
+DECISION_THRESHOLD: Final[hd.sr.CodedConcept] = _private("THRESHOLD", "Decision threshold")
+LESION_CENTRE: Final[hd.sr.CodedConcept] = _private(
+    "LESION-CENTRE", "Lesion centre (patient LPS, mm)"
+)
+SERIES_CHOICE: Final[hd.sr.CodedConcept] = _private("SERIES-CHOICE", "Series selection")
+NO_LESION_FOUND: Final[hd.sr.CodedConcept] = _private("NO-LESION", "No lung lesion found")
 
 _SH_MAX: Final[int] = 16  # Code Value is SH
 _LO_MAX: Final[int] = 64  # Code Meaning is LO
@@ -125,3 +176,10 @@ def private_coding_scheme(manufacturer: str) -> CodingSchemeIdentificationItem:
         name=PRIVATE_SCHEME_NAME,
         responsible_organization=manufacturer,
     )
+
+
+#: Measurement "Probability of RAI-refractory status" (value 0..1, unit "1").
+PROBABILITY_RAI_REFRACTORY: Final[hd.sr.CodedConcept] = probability_concept(
+    "rai_refractory",
+    Code(value="RAI-REFRACTORY", scheme=PRIVATE_SCHEME, meaning="RAI-refractory status"),
+)

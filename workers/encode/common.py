@@ -10,6 +10,7 @@ gives byte-identical output.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Final
@@ -19,7 +20,7 @@ import pydicom
 from pydicom.valuerep import DA, DT, TM
 
 from workers.encode.codes import PROCESSING_EQUIPMENT
-from workers.pipelines.results import ModelInfo, SourceImage
+from workers.pipelines.results import CTSeriesUsed, ModelInfo, SourceImage
 
 logger = logging.getLogger(__name__)
 
@@ -154,3 +155,74 @@ def number_of_frames(dataset: pydicom.Dataset) -> int:
     """Number of frames of an image dataset (1 when the attribute is absent or empty)."""
     value = dataset.get("NumberOfFrames")
     return int(value) if value not in (None, "") else 1
+
+
+def combined_model(segmentation: ModelInfo, classifier: ModelInfo) -> ModelInfo:
+    """One identity for an output made by two models (the CT SR and heatmap SCs).
+
+    Parameters
+    ----------
+    segmentation, classifier : ModelInfo
+        The CT pipeline's two models.
+
+    Returns
+    -------
+    ModelInfo
+        Name ``"<seg>+<cls>"``, version ``"<seg version>+<cls version>"`` (one
+        version when both are equal), checksum of both checksums, demo when
+        either model is; used for UIDs, the device observer and the Series
+        Description.
+    """
+    if segmentation.version == classifier.version:
+        version = segmentation.version
+    else:
+        version = f"{segmentation.version}+{classifier.version}"
+    digest = hashlib.sha256(
+        f"{segmentation.weights_sha256}:{classifier.weights_sha256}".encode()
+    ).hexdigest()
+    return ModelInfo(
+        name=f"{segmentation.name}+{classifier.name}",
+        version=version,
+        title=f"{segmentation.title}; {classifier.title}",
+        weights_sha256=digest,
+        demo=segmentation.demo or classifier.demo,
+    )
+
+
+def series_sources(
+    series: CTSeriesUsed, sources: Sequence[pydicom.Dataset]
+) -> list[pydicom.Dataset]:
+    """The datasets of a CT series used, one per slice (an Enhanced CT repeats its one dataset).
+
+    Parameters
+    ----------
+    series : CTSeriesUsed
+        The series the pipeline analysed.
+    sources : Sequence[pydicom.Dataset]
+        The study's datasets.
+
+    Returns
+    -------
+    list[pydicom.Dataset]
+        ``result[k]`` holds volume slice ``k``.
+
+    Raises
+    ------
+    ValueError
+        If a slice's instance is missing, lies in another study or series, or
+        a multi-frame slice names no frame or one out of range.
+    """
+    by_uid = {ds.SOPInstanceUID: ds for ds in sources}
+    out = []
+    for k, image in enumerate(series.slices):
+        if image.series_instance_uid != series.series_instance_uid:
+            raise ValueError(f"slice {k} names another series than the series used")
+        ds = by_uid.get(image.sop_instance_uid)
+        ds = select_source([ds] if ds is not None else [], image)
+        frames = number_of_frames(ds)
+        if frames > 1 and image.frame_number is None:
+            raise ValueError(f"slice {k}: a multi-frame source but no frame number")
+        if image.frame_number is not None and not 1 <= image.frame_number <= frames:
+            raise ValueError(f"slice {k}: frame {image.frame_number} outside 1..{frames}")
+        out.append(ds)
+    return out

@@ -1,14 +1,15 @@
 """Pixels of the Grad-CAM secondary capture: image, colour overlay, legend.
 
-Pure numpy/Pillow/matplotlib, no DICOM: :mod:`workers.encode.sc` feeds it a
-source frame and writes what it returns.  Layout, top to bottom::
+Pure numpy/Pillow/matplotlib/scipy, no DICOM: :mod:`workers.encode.sc` feeds it a
+source frame (an NM frame, or the CT slice through a lesion) and writes what it
+returns.  Layout, top to bottom::
 
     [red band "DEMO - not for clinical use"]   (demo models only)
     [source frame, 8 bit, upscaled to LONG_SIDE on its long side,
-     Grad-CAM blended in colour]
-    [legend: model title and version, predicted class and probability,
-     one bar per class probability, colour bar "Grad-CAM low .. high",
-     source frame number]
+     Grad-CAM blended in colour, optionally a region outlined in magenta]
+    [legend: model title and version, detail lines (e.g. a lesion's size),
+     prediction, one bar per probability, colour bar "Grad-CAM low .. high",
+     source line]
 
 The colour map is ``jet`` from blue to pure red (its darkening maroon top is
 left out).  The overlay's opacity grows with the heatmap value (0 at "low", ALPHA_MAX at
@@ -27,6 +28,7 @@ from typing import Final
 import numpy as np
 from matplotlib import colormaps, font_manager
 from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,9 @@ _WHITE: Final[tuple[int, int, int]] = (255, 255, 255)
 _GREY: Final[tuple[int, int, int]] = (170, 170, 170)
 _YELLOW: Final[tuple[int, int, int]] = (255, 220, 80)
 _DEMO_RED: Final[tuple[int, int, int]] = (200, 0, 0)
+#: Outline colour: magenta is not in the jet map, so it never reads as heat.
+OUTLINE_RGB: Final[tuple[int, int, int]] = (255, 0, 255)
+OUTLINE_WIDTH: Final[int] = 2
 
 
 @dataclass(frozen=True)
@@ -55,13 +60,19 @@ class LegendRow:
 
 @dataclass(frozen=True)
 class LegendText:
-    """Everything the legend says."""
+    """Everything the legend says.
+
+    ``details`` are lines drawn under the model line; ``prediction``, when set,
+    replaces the automatic "Prediction: <predicted row> (p%)" line.
+    """
 
     title: str
     model_line: str
     rows: tuple[LegendRow, ...]
     source_line: str
     disclaimer: str | None
+    details: tuple[str, ...] = ()
+    prediction: str | None = None
 
 
 @functools.lru_cache(maxsize=8)
@@ -103,7 +114,13 @@ def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize(size, Image.Resampling.BILINEAR))
 
 
-def blend(grey: np.ndarray, heatmap: np.ndarray, long_side: int = LONG_SIDE) -> np.ndarray:
+def blend(
+    grey: np.ndarray,
+    heatmap: np.ndarray,
+    long_side: int = LONG_SIDE,
+    *,
+    outline: np.ndarray | None = None,
+) -> np.ndarray:
     """Upscale a grey frame and its heatmap and blend the heatmap in colour.
 
     Parameters
@@ -114,6 +131,10 @@ def blend(grey: np.ndarray, heatmap: np.ndarray, long_side: int = LONG_SIDE) -> 
         Same shape, values in [0, 1].
     long_side : int
         Size of the result's long side in pixels.
+    outline : numpy.ndarray, optional
+        Same shape, bool: a region whose contour is drawn in
+        :data:`OUTLINE_RGB`, :data:`OUTLINE_WIDTH` pixels wide, just outside
+        the region (the region's own pixels stay visible).
 
     Returns
     -------
@@ -125,7 +146,16 @@ def blend(grey: np.ndarray, heatmap: np.ndarray, long_side: int = LONG_SIDE) -> 
     size = (max(1, round(cols * scale)), max(1, round(rows * scale)))  # Pillow: (w, h)
     grey_up = _resize(grey, size).astype(np.float64)
     heat_up = np.clip(_resize(heatmap.astype(np.float32), size), 0.0, 1.0)
-    return _overlay(grey_up, heat_up)
+    out = _overlay(grey_up, heat_up)
+    if outline is not None:
+        if outline.shape != grey.shape:
+            raise ValueError(f"outline shape {outline.shape} differs from the frame's {grey.shape}")
+        region = np.asarray(
+            Image.fromarray(outline.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)
+        ) > 0
+        ring = ndimage.binary_dilation(region, iterations=OUTLINE_WIDTH) & ~region
+        out[ring] = OUTLINE_RGB
+    return out
 
 
 def _overlay(grey: np.ndarray, heat: np.ndarray) -> np.ndarray:
@@ -204,6 +234,8 @@ def compose(image: np.ndarray, legend: LegendText) -> np.ndarray:
     width = max(image.shape[1], MIN_WIDTH)
     # room enough for every block below; cropped to what was drawn at the end
     height = image.shape[0] + 400 + 22 * len(legend.rows) + 4 * len(legend.title)
+    height += sum(40 + 2 * len(line) for line in legend.details)
+    height += 2 * len(legend.prediction or "")
     canvas = Image.new("RGB", (width, height), (0, 0, 0))
     y = 0
     if legend.disclaimer:
@@ -216,9 +248,17 @@ def compose(image: np.ndarray, legend: LegendText) -> np.ndarray:
         y += 21
     draw.text((_PAD, y), legend.model_line, font=_font(14), fill=_GREY)
     y += 24
+    for detail in legend.details:
+        for line in _wrap(draw, detail, _font(14), width - 2 * _PAD):
+            draw.text((_PAD, y), line, font=_font(14), fill=_WHITE)
+            y += 19
+    if legend.details:
+        y += 5
     predicted = next((r for r in legend.rows if r.predicted), None)
-    if predicted is not None:
+    text: str | None = legend.prediction
+    if text is None and predicted is not None:
         text = f"Prediction: {predicted.label} ({predicted.probability * 100:.1f}%)"
+    if text is not None:
         for line in _wrap(draw, text, _font(16, bold=True), width - 2 * _PAD):
             draw.text((_PAD, y), line, font=_font(16, bold=True), fill=_YELLOW)
             y += 21

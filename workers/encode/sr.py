@@ -139,7 +139,8 @@ def _group_key(source: SourceImage) -> str:
     return f"{source.sop_instance_uid}#{source.frame_number or 0}"
 
 
-def _algorithm(model: ModelInfo, manufacturer: str) -> hd.sr.AlgorithmIdentification:
+def algorithm_identification(model: ModelInfo, manufacturer: str) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 Algorithm Identification of a model: name, version, weights checksum."""
     return hd.sr.AlgorithmIdentification(
         name=model.name,
         version=model.version,
@@ -148,16 +149,35 @@ def _algorithm(model: ModelInfo, manufacturer: str) -> hd.sr.AlgorithmIdentifica
     )
 
 
-def _disclaimer(model: ModelInfo) -> list[hd.sr.QualitativeEvaluation]:
+def disclaimer_evaluations(model: ModelInfo) -> list[hd.sr.QualitativeEvaluation]:
+    """The TEXT "Disclaimer" evaluation of a demo model (empty list otherwise)."""
     if model.disclaimer is None:
         return []
     return [TextQualitativeEvaluation(thy_codes.DISCLAIMER, model.disclaimer)]
 
 
+def device_observation_context(model: ModelInfo, manufacturer: str) -> hd.sr.ObservationContext:
+    """Observation context whose observer is the algorithm as a device.
+
+    The device UID derives from model name, version and weights checksum; its
+    name is ``"<model name> <version>"``.
+    """
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid(model.name, model.version, model.weights_sha256),
+            name=f"{model.name} {model.version}",
+            manufacturer_name=manufacturer,
+            model_name=model.name,
+        ),
+    )
+    return hd.sr.ObservationContext(observer_device_context=observer)
+
+
 def _diagnosis_group(
     diagnosis: NMDiagnosis, index: int, ds: pydicom.Dataset, sop_uid: str, manufacturer: str
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    algorithm = _algorithm(diagnosis.model, manufacturer)
+    algorithm = algorithm_identification(diagnosis.model, manufacturer)
     if not any(p.code == diagnosis.predicted.code for p in diagnosis.probabilities):
         raise ValueError("the predicted class is not among the class probabilities")
     measurements = []
@@ -176,7 +196,7 @@ def _diagnosis_group(
     evaluations: list[hd.sr.QualitativeEvaluation] = []
     if diagnosis.frame_choice:
         evaluations.append(TextQualitativeEvaluation(thy_codes.FRAME_CHOICE, diagnosis.frame_choice))
-    evaluations.extend(_disclaimer(diagnosis.model))
+    evaluations.extend(disclaimer_evaluations(diagnosis.model))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=tracking_uid(sop_uid, _group_key(diagnosis.source)),
@@ -191,31 +211,60 @@ def _diagnosis_group(
     )
 
 
-def _is_image(ds: pydicom.Dataset) -> bool:
+def is_image(ds: pydicom.Dataset) -> bool:
     """Whether a source can be referenced as an IMAGE (has the Image Pixel module)."""
     return "Rows" in ds and "Columns" in ds
 
 
-def _not_analysable_group(
-    result: NotAnalysable, index: int, ds: pydicom.Dataset, sop_uid: str, manufacturer: str
+def not_analysable_group(
+    result: NotAnalysable,
+    index: int,
+    ds: pydicom.Dataset,
+    sop_uid: str,
+    manufacturer: str,
+    *,
+    finding_site: hd.sr.CodedConcept = thy_codes.THYROID_STRUCTURE,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group saying why a source could not be analysed.
+
+    Parameters
+    ----------
+    result : NotAnalysable
+        The verdict and its reason.
+    index : int
+        1-based number of the group among the not-analysable ones.
+    ds : pydicom.Dataset
+        The source the verdict names (referenced when it is an image, named in
+        the reason otherwise).
+    sop_uid : str
+        SOP Instance UID of the SR (its tracking UIDs derive from it).
+    manufacturer : str
+        Manufacturer of the node (in the Algorithm Identification).
+    finding_site : highdicom.sr.CodedConcept, optional
+        Finding Site of the group; the thyroid by default.
+
+    Returns
+    -------
+    highdicom.sr.MeasurementsAndQualitativeEvaluations
+        The group.
+    """
     reason = result.reason or "unspecified"
-    if not _is_image(ds):  # no IMAGE reference possible: name the instance in the text
+    if not is_image(ds):  # no IMAGE reference possible: name the instance in the text
         reason = f"{reason} (instance {ds.SOPInstanceUID}, SOP class {ds.SOPClassUID})"
     evaluations: list[hd.sr.QualitativeEvaluation] = [
         hd.sr.QualitativeEvaluation(name=thy_codes.ANALYSIS_RESULT, value=thy_codes.NOT_ANALYSABLE),
         TextQualitativeEvaluation(thy_codes.REASON_NOT_ANALYSABLE, reason),
-        *_disclaimer(result.model),
+        *disclaimer_evaluations(result.model),
     ]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=tracking_uid(sop_uid, "not-analysable/" + _group_key(result.source)),
             identifier=f"Thyroid AI not analysable {index}",
         ),
-        finding_sites=[hd.sr.FindingSite(anatomic_location=thy_codes.THYROID_STRUCTURE)],
-        algorithm_id=_algorithm(result.model, manufacturer),
+        finding_sites=[hd.sr.FindingSite(anatomic_location=finding_site)],
+        algorithm_id=algorithm_identification(result.model, manufacturer),
         qualitative_evaluations=evaluations,
-        source_images=[_source_ref(result.source, ds)] if _is_image(ds) else None,
+        source_images=[_source_ref(result.source, ds)] if is_image(ds) else None,
     )
 
 
@@ -266,11 +315,11 @@ def encode_nm_sr(
             raise ValueError(f"source {src.sop_instance_uid} lies outside the results' study")
     by_uid = {s.sop_instance_uid: select_source(sources, s) for s in named}
     ordered = [by_uid[uid] for uid in sorted(by_uid)]
-    images = [ds for ds in ordered if _is_image(ds)]
+    images = [ds for ds in ordered if is_image(ds)]
     if not images:  # TID 1500 requires an Image Library with at least one image
         raise ValueError("no image among the sources: nothing a TID 1500 report can reference")
     # images first: highdicom copies patient, study and acquisition equipment from evidence[0]
-    evidence = images + [ds for ds in ordered if not _is_image(ds)]
+    evidence = images + [ds for ds in ordered if not is_image(ds)]
     uids = output_uids(
         ObjectKind.SR, results.study_instance_uid, by_uid, model.name, model.version
     )
@@ -281,20 +330,11 @@ def encode_nm_sr(
         for i, d in enumerate(results.diagnoses, start=1)
     ]
     groups += [
-        _not_analysable_group(n, i, by_uid[n.source.sop_instance_uid], sop_uid, manufacturer)
+        not_analysable_group(n, i, by_uid[n.source.sop_instance_uid], sop_uid, manufacturer)
         for i, n in enumerate(results.not_analysable, start=1)
     ]
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device_uid(model.name, model.version, model.weights_sha256),
-            name=f"{model.name} {model.version}",
-            manufacturer_name=manufacturer,
-            model_name=model.name,
-        ),
-    )
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=device_observation_context(model, manufacturer),
         procedure_reported=thy_codes.PROCEDURE_THYROID_SCINTIGRAPHY,
         imaging_measurements=groups,
         referenced_images=images,

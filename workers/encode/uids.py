@@ -157,3 +157,42 @@ def tracking_uid(sop_instance_uid: str, group_key: str) -> str:
         Deterministic tracking UID.
     """
     return derive_uid("tracking", sop_instance_uid, group_key)
+
+
+def lesion_tracking_uid(
+    study_instance_uid: str,
+    series_instance_uid: str,
+    model_name: str,
+    model_version: str,
+    lesion_index: int,
+) -> str:
+    """Tracking UID of one CT lesion, shared by its SEG segment and its SR group.
+
+    Both encoders call this function, so that a viewer can match the segment
+    (Tracking UID in the Segment Sequence) with the measurement group (Tracking
+    Unique Identifier) of the same lesion.
+
+    Parameters
+    ----------
+    study_instance_uid : str
+        The source study.
+    series_instance_uid : str
+        The CT series the lesion was found in.
+    model_name, model_version : str
+        The segmentation model that found the lesion.
+    lesion_index : int
+        The lesion's 1-based index (its segment number).
+
+    Returns
+    -------
+    str
+        Deterministic tracking UID.
+    """
+    return derive_uid(
+        "lesion-tracking",
+        study_instance_uid,
+        series_instance_uid,
+        model_name,
+        model_version,
+        str(int(lesion_index)),
+    )

@@ -83,3 +83,64 @@ class NMResults:
     study_instance_uid: str
     diagnoses: tuple[NMDiagnosis, ...] = ()
     not_analysable: tuple[NotAnalysable, ...] = ()
+
+
+# --- CT (seed 000): lung metastases of differentiated thyroid cancer -------------------------
+
+
+@dataclass(frozen=True)
+class CTSeriesUsed:
+    """The CT series the pipeline analysed, slice by slice in volume order.
+
+    ``slices[k]`` is the source image (and frame, for Enhanced CT) of volume slice ``k``;
+    volume slices are ordered along the slice normal (never by Instance Number).
+    """
+
+    series_instance_uid: str
+    slices: tuple[SourceImage, ...]
+    choice: str  # why this series was chosen, e.g. "series 3 'Lung 1.25': 80 axial slices of 1.25 mm"
+
+
+@dataclass(frozen=True)
+class CTLesion:
+    """One lung lesion (a connected component of the segmentation) and its classification.
+
+    The mask is on the *source* grid (the original CT slices, not the resampled 1 mm grid),
+    cropped to a box: ``mask[k, r, c]`` is voxel ``(box_origin[0] + k, box_origin[1] + r,
+    box_origin[2] + c)`` of the volume whose slice ``k`` is ``CTSeriesUsed.slices[k]``.
+    """
+
+    index: int  # 1-based; the SEG segment number and the SR group order
+    centre_mm: tuple[float, float, float]  # centroid in patient coordinates (LPS, mm)
+    diameter_mm: float  # largest diameter (3D), mm
+    volume_mm3: float
+    side: str  # "right" | "left" (lung side, from the patient's x coordinate)
+    probability: float  # probability of RAI-refractory (non-iodine-avid) status, 0..1
+    threshold: float  # decision threshold from the classifier's model card
+    box_origin: tuple[int, int, int]
+    mask: np.ndarray = field(repr=False, compare=False)  # bool (k, r, c), cropped
+    centre_slice: int = 0  # volume slice index (into CTSeriesUsed.slices) through the centre
+    # 3D Grad-CAM on the axial source slice through the centre, (rows, columns) of that slice,
+    # float32 in [0, 1]
+    heatmap: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32), repr=False, compare=False)
+
+    @property
+    def refractory(self) -> bool:
+        """The yes/no evaluation: probability at or above the card's decision threshold."""
+        return self.probability >= self.threshold
+
+
+@dataclass(frozen=True)
+class CTResults:
+    """Everything the CT pipeline produced for one study.
+
+    Either ``series`` is set (the study was analysed; ``lesions`` may be empty when none was
+    found) or ``not_analysable`` says why not.
+    """
+
+    study_instance_uid: str
+    segmentation_model: ModelInfo
+    classifier_model: ModelInfo
+    series: CTSeriesUsed | None = None
+    lesions: tuple[CTLesion, ...] = ()
+    not_analysable: tuple[NotAnalysable, ...] = ()

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup run test peers demo bench-ingest bench-nm
+.PHONY: setup run test peers demo bench-ingest bench-nm bench-ct
 
 # A virtual environment with the node installed. torch first, from the CPU wheel
 # (pip install torch==2.13.0), so nothing pulls a multi-GB CUDA build.
@@ -38,3 +38,6 @@ bench-ingest: setup peers
 
 bench-nm: demo peers
 	$(BIN)/python benchmarks/nm_latency.py
+
+bench-ct: demo peers
+	$(BIN)/python benchmarks/ct_latency.py

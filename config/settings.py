@@ -108,6 +108,7 @@ class Rule(_Strict):
 def _default_rules() -> list[Rule]:
     return [
         Rule(name="nm-thyroid", match=Match(modality=["NM"]), pipeline="nm_thyroid_dx", queue="nm"),
+        Rule(name="ct-lung-mets", match=Match(modality=["CT"]), pipeline="ct_lung_met_rai", queue="ct"),
     ]
 
 
@@ -130,7 +131,7 @@ class Settings(BaseSettings):
     broker_url: str | None = None  # None: embedded SQLite broker under data_dir
     destinations: list[Destination] = []
     routes: list[Rule] = Field(default_factory=_default_rules)
-    models: dict[str, str] = {"nm_thyroid_dx": "demo"}  # name -> bundle dir, or "demo"
+    models: dict[str, str] = {"nm_thyroid_dx": "demo", "ct_lung_met_rai": "demo"}  # name -> bundle dir, or "demo"
     task_lease_s: float = Field(1800.0, gt=0)  # a route with no sign of its task this long is dispatched again
     export_max_retries: int = Field(40, ge=0)
     export_backoff_s: float = Field(5.0, gt=0)

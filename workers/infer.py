@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 # pipeline name (as used in routing rules) -> module with MODELS, process()
 PIPELINES = {
     "nm_thyroid_dx": "workers.pipelines.nm",
+    "ct_lung_met_rai": "workers.pipelines.ct",
 }
 
 

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 # zoo key -> (module, class) whose ``from_bundle(bundle)`` returns the runnable model
 LOADERS = {
     "nm_thyroid_dx": ("model_zoo.nm_thyroid_dx", "NMThyroidDx"),
+    "ct_lung_met_rai": ("model_zoo.ct_lung_met_rai.model", "CTLungMetRAI"),
 }
 
 

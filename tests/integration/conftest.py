@@ -37,7 +37,7 @@ class NodeProcess:
             "destinations": (
                 [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}] if orthanc else []
             ),
-            "models": {"nm_thyroid_dx": "demo"},
+            "models": {"nm_thyroid_dx": "demo", "ct_lung_met_rai": "demo"},
             "export_backoff_s": 1,
             "export_backoff_max_s": 4,
             "log_level": "INFO",
@@ -113,9 +113,10 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
 @pytest.fixture(scope="session", autouse=True)
 def _demo_bundle_built() -> None:
     """Build the demo weights once before any node needs them (cached across runs)."""
-    from model_zoo.demo import ensure_demo_bundle
+    from model_zoo.demo import DEMO_RECIPES, ensure_demo_bundle
 
-    ensure_demo_bundle("nm_thyroid_dx")
+    for name in DEMO_RECIPES:
+        ensure_demo_bundle(name)
 
 
 def require_tools() -> None:

@@ -15,7 +15,7 @@ def test_defaults_need_no_file() -> None:
     s = load_settings()
     assert s.embedded_broker and s.effective_broker_url.startswith("sqla+sqlite:///")
     assert s.completeness.quiet_period_s == 10
-    assert [r.queue for r in s.routes] == ["nm"]
+    assert [r.queue for r in s.routes] == ["nm", "ct"]
 
 
 def test_example_config_is_valid() -> None:

@@ -111,7 +111,7 @@ def main() -> int:
         print("thyroid-node not found in this venv: nothing to measure")
         return 2
     from model_zoo.demo import ensure_demo_bundle
-    from model_zoo.phantoms.ct import write_ct_study
+    from model_zoo.phantoms.ct_dicom import write_ct_study
 
     ensure_demo_bundle("ct_lung_met_rai")
     import redis

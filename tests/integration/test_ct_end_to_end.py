@@ -16,7 +16,8 @@ import pytest
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from model_zoo.phantoms.ct import CTPhantomStudy, PhantomNodule, write_ct_study
+from model_zoo.phantoms.ct import CTPhantomStudy, PhantomNodule
+from model_zoo.phantoms.ct_dicom import write_ct_study
 from tests.integration.conftest import NodeProcess
 from tests.integration.seg_read import dice, equivalent_diameter, segments, sphere_voxels
 from tests.integration.sr_read import referenced_sop_instances, text_values, walk

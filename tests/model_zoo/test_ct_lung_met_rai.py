@@ -15,7 +15,8 @@ from model_zoo.bundle import CARD_PATH, load_bundle
 from model_zoo.ct_lung_met_rai.model import CTLungMetRAI, ct_spec
 from model_zoo.demo import ensure_demo_bundle
 from model_zoo.errors import BundleError
-from model_zoo.phantoms.ct import PhantomNodule, write_ct_study
+from model_zoo.phantoms.ct import PhantomNodule
+from model_zoo.phantoms.ct_dicom import write_ct_study
 from workers.models import LoadedModel, model_info
 from workers.pipelines import ct
 

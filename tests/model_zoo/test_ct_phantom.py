@@ -17,8 +17,8 @@ from model_zoo.phantoms.ct import (
     ChestPhantom,
     PhantomNodule,
     chest_phantom,
-    write_ct_study,
 )
+from model_zoo.phantoms.ct_dicom import write_ct_study
 
 SHAPE = (48, 128, 128)
 SPACING = (2.0, 1.6, 1.6)  # a 205 mm field of view, 96 mm long

@@ -25,7 +25,8 @@ from model_zoo.ct_lung_met_rai.volume import (
     source_to_canonical,
 )
 from model_zoo.errors import InputRejected
-from model_zoo.phantoms.ct import CTPhantomStudy, write_ct_study
+from model_zoo.phantoms.ct import CTPhantomStudy
+from model_zoo.phantoms.ct_dicom import write_ct_study
 
 GRID = dict(rows=128, slices=40, pixel_mm=1.6, slice_mm=2.5, nodules=3, diameter_range=(6.0, 14.0))
 VARIANTS: dict[str, dict[str, object]] = {

@@ -6,6 +6,7 @@ check-config  validate a config file and print the effective settings
 route         --dry-run DIR: which rule each study in a folder would take
 replay        run a pipeline on a folder of DICOM files, write the outputs as .dcm (no broker, no network)
 models        list | verify [PATH] | install PATH: the model bundles, checked (card, sha256)
+validate      MODEL --data DIR: the papers' statistics on a site's labelled studies (HTML + JSON)
 build-demo    train the phantom demo weights of a zoo model into the cache
 """
 
@@ -248,6 +249,53 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 1 if failed and args.action == "verify" else 0
 
 
+# -------------------------------------------------------------------------- validate
+def _bundle_location(location: str, name: str) -> Path:
+    from model_zoo.demo import ensure_demo_bundle
+
+    return ensure_demo_bundle(name) if location == "demo" else Path(location)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Run a model over a labelled folder; write the papers' statistics as report.json + report.html."""
+    from model_zoo.errors import ModelZooError
+    from model_zoo.validation.collect import COLLECTORS
+    from model_zoo.validation.report import binary_report, multiclass_report, write_report
+
+    settings = _settings(args)
+    _setup_logging("WARNING")
+    if args.model not in COLLECTORS:
+        print(f"thyroid-node: no validation for {args.model!r}; known: {', '.join(sorted(COLLECTORS))}", file=sys.stderr)
+        return 2
+    location = args.bundle or settings.models.get(args.model)
+    if not location:
+        print(f"thyroid-node: no bundle for {args.model}: pass --bundle PATH or set models.{args.model}", file=sys.stderr)
+        return 2
+    collect = COLLECTORS[args.model]
+    try:
+        got = collect(_bundle_location(str(location), args.model), Path(args.data))
+        other = collect(_bundle_location(str(args.compare), args.model), Path(args.data)) if args.compare else None
+    except ModelZooError as exc:
+        print(f"thyroid-node: {exc}", file=sys.stderr)
+        return 1
+    if got.probabilities.ndim == 2:
+        report = multiclass_report(got.model, got.version, [got.labels[i] for i in got.y_true], got.probabilities,
+                                   list(got.labels))
+    else:
+        compare = (f"{other.model} {other.version}", other.probabilities) if other is not None else None
+        if other is not None and len(other.probabilities) != len(got.probabilities):
+            print("thyroid-node: the two bundles matched different lesions; no paired comparison", file=sys.stderr)
+            compare = None
+        report = binary_report(got.model, got.version, got.y_true, got.probabilities, got.threshold or 0.5,
+                               sizes_mm=got.sizes_mm, compare=compare)
+    report["demo"] = got.demo
+    if got.detection is not None:
+        report["detection"] = got.detection
+    json_path, html_path = write_report(report, Path(args.out))
+    print(f"{got.model} {got.version}: {len(got.y_true)} case(s); report: {html_path} and {json_path}")
+    return 0
+
+
 # ------------------------------------------------------------------------ build-demo
 def cmd_build_demo(args: argparse.Namespace) -> int:
     from model_zoo.demo import DEMO_MINUTES, DEMO_RECIPES, ensure_demo_bundle
@@ -289,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "verify", "install"])
     p.add_argument("path", nargs="?", help="a bundle folder (verify, install)")
     p.add_argument("--force", action="store_true", help="install: replace the same name and version")
+    p = add("validate", cmd_validate, "run a model over labelled studies; the papers' statistics as HTML + JSON")
+    p.add_argument("model", help="zoo key: nm_thyroid_dx or ct_lung_met_rai")
+    p.add_argument("--data", required=True, metavar="DIR", help="DICOM files and labels.csv (see docs/validation.md)")
+    p.add_argument("--bundle", default=None, help="bundle folder or 'demo' (default: the configured one)")
+    p.add_argument("--compare", default=None, metavar="BUNDLE", help="a second bundle (or version): paired DeLong test")
+    p.add_argument("--out", default="validation-report", metavar="DIR")
     p = add("build-demo", cmd_build_demo, "train the demo (phantom) weights into the cache")
     p.add_argument("models", nargs="*", help="zoo keys (default: every model with a demo recipe)")
     return parser

@@ -1,0 +1,164 @@
+"""Run a zoo model over a site's labelled studies and collect predictions against the labels.
+
+A validation folder holds DICOM files (any layout, read recursively) and ``labels.csv``:
+
+* ``nm_thyroid_dx``: one row per study, ``study_instance_uid,label`` with ``label`` a class key
+  of the model card (``graves``, ``subacute_thyroiditis``, ``thyroid_tumour``, ``normal``);
+* ``ct_lung_met_rai``: one row per lesion, ``study_instance_uid,x_mm,y_mm,z_mm,diameter_mm,refractory``
+  (centre in patient coordinates, LPS; ``refractory`` 1 or 0). A found lesion matches the labelled
+  one whose centre is nearest, within half its diameter and at least 5 mm; labelled lesions with
+  no match count as missed (detection sensitivity) and are left out of the classifier's figures.
+
+The pipelines run exactly as in the node (:mod:`workers.pipelines`), without Celery or network.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+
+from model_zoo.bundle import load_bundle
+from model_zoo.errors import ModelZooError
+
+logger = logging.getLogger(__name__)
+
+LABELS_FILE = "labels.csv"
+
+
+class ValidationDataError(ModelZooError):
+    """The validation folder or its labels file cannot be used (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Collected:
+    """Predictions of one model on a validation folder."""
+
+    model: str
+    version: str
+    demo: bool
+    y_true: np.ndarray  # (n,) int: class index (multi-class) or 0/1
+    probabilities: np.ndarray  # (n, k) multi-class, (n,) binary
+    labels: tuple[str, ...]  # class keys (multi-class) or ("avid", "refractory")
+    threshold: float | None
+    sizes_mm: np.ndarray | None = None  # CT: labelled diameter of each classified lesion
+    detection: dict[str, Any] | None = None  # CT: labelled / found / missed / unmatched
+
+
+def _studies(data_dir: Path) -> dict[str, list[Dataset]]:
+    studies: dict[str, list[Dataset]] = defaultdict(list)
+    for path in sorted(p for p in data_dir.rglob("*") if p.is_file() and p.name != LABELS_FILE):
+        try:
+            ds = dcmread(path)
+        except (InvalidDicomError, OSError, ValueError):
+            continue
+        if "StudyInstanceUID" in ds:
+            studies[str(ds.StudyInstanceUID)].append(ds)
+    if not studies:
+        raise ValidationDataError(f"{data_dir}: no DICOM study found")
+    return studies
+
+
+def _rows(data_dir: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    path = data_dir / LABELS_FILE
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise ValidationDataError(f"{path}: cannot read ({exc})") from exc
+    missing = [c for c in columns if rows and c not in rows[0]]
+    if not rows or missing:
+        raise ValidationDataError(f"{path}: needs a header with {', '.join(columns)} and one row per case")
+    return rows
+
+
+def load(name: str, bundle_path: Path) -> Any:
+    """The runnable model of a bundle folder, as the workers load it (``workers.models.LoadedModel``)."""
+    import importlib
+
+    from workers.models import LOADERS, LoadedModel, model_info
+
+    bundle = load_bundle(bundle_path)
+    if bundle.card.name != name:
+        raise ValidationDataError(f"bundle {bundle_path} holds {bundle.card.name}, not {name}")
+    module, cls = LOADERS[name]
+    impl = getattr(importlib.import_module(module), cls).from_bundle(bundle)
+    return LoadedModel(model_info(bundle.card), bundle.card, impl)
+
+
+def collect_nm(bundle_path: Path, data_dir: Path) -> Collected:
+    """4-class predictions of nm_thyroid_dx, one per labelled study (its first analysable image)."""
+    from workers.pipelines import nm
+
+    loaded = load("nm_thyroid_dx", bundle_path)
+    keys = tuple(loaded.card.label_keys)
+    rows = _rows(data_dir, ("study_instance_uid", "label"))
+    studies = _studies(data_dir)
+    y, probs = [], []
+    for row in rows:
+        uid, label = row["study_instance_uid"].strip(), row["label"].strip()
+        if label not in keys:
+            raise ValidationDataError(f"{LABELS_FILE}: label {label!r} is not one of {keys}")
+        if uid not in studies:
+            raise ValidationDataError(f"{LABELS_FILE}: study {uid} has no DICOM files in {data_dir}")
+        results = nm.run(studies[uid], {"nm_thyroid_dx": loaded})
+        if not results.diagnoses:
+            logger.warning("study %s… not analysable: left out", uid[-12:])
+            continue
+        p = {c.key: c.probability for c in results.diagnoses[0].probabilities}
+        y.append(keys.index(label))
+        probs.append([p[k] for k in keys])
+    return Collected("nm_thyroid_dx", loaded.card.version, bool(loaded.card.demo), np.asarray(y, int),
+                     np.asarray(probs, float), keys, None)
+
+
+def collect_ct(bundle_path: Path, data_dir: Path) -> Collected:
+    """Per-lesion RAI-refractory probabilities of ct_lung_met_rai, matched to the labelled lesions."""
+    from workers.pipelines import ct
+
+    loaded = load("ct_lung_met_rai", bundle_path)
+    rows = _rows(data_dir, ("study_instance_uid", "x_mm", "y_mm", "z_mm", "diameter_mm", "refractory"))
+    studies = _studies(data_dir)
+    by_study: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for row in rows:
+        by_study[row["study_instance_uid"].strip()].append(row)
+    y, probs, sizes = [], [], []
+    labelled = found = unmatched = 0
+    for uid, lesions in by_study.items():
+        if uid not in studies:
+            raise ValidationDataError(f"{LABELS_FILE}: study {uid} has no DICOM files in {data_dir}")
+        results = ct.run(studies[uid], {"ct_lung_met_rai": loaded})
+        predicted = list(results.lesions)
+        used: set[int] = set()
+        for row in lesions:
+            labelled += 1
+            centre = np.array([float(row["x_mm"]), float(row["y_mm"]), float(row["z_mm"])])
+            diameter = float(row["diameter_mm"])
+            best, dist = None, max(5.0, diameter / 2)
+            for i, lesion in enumerate(predicted):
+                d = float(np.linalg.norm(np.subtract(lesion.centre_mm, centre)))
+                if i not in used and d <= dist:
+                    best, dist = i, d
+            if best is None:
+                continue
+            used.add(best)
+            found += 1
+            y.append(1 if row["refractory"].strip() in ("1", "true", "True", "yes") else 0)
+            probs.append(predicted[best].probability)
+            sizes.append(diameter)
+        unmatched += len(predicted) - len(used)
+    threshold = float(loaded.card.decision_thresholds.get("refractory", 0.5))
+    detection = {"labelled": labelled, "found": found, "missed": labelled - found,
+                 "unmatched_found": unmatched, "sensitivity": found / labelled if labelled else None}
+    return Collected("ct_lung_met_rai", loaded.card.version, bool(loaded.card.demo), np.asarray(y, int),
+                     np.asarray(probs, float), ("avid", "refractory"), threshold, np.asarray(sizes, float), detection)
+
+
+COLLECTORS = {"nm_thyroid_dx": collect_nm, "ct_lung_met_rai": collect_ct}

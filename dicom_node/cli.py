@@ -6,6 +6,7 @@ check-config  validate a config file and print the effective settings
 route         --dry-run DIR: which rule each study in a folder would take
 replay        run a pipeline on a folder of DICOM files, write the outputs as .dcm (no broker, no network)
 models        list | verify [PATH] | install PATH: the model bundles, checked (card, sha256)
+train         MODEL --data DIR --out BUNDLE: train on a site's labelled studies (nm_thyroid_dx)
 validate      MODEL --data DIR: the papers' statistics on a site's labelled studies (HTML + JSON)
 build-demo    train the phantom demo weights of a zoo model into the cache
 """
@@ -249,6 +250,40 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 1 if failed and args.action == "verify" else 0
 
 
+# ----------------------------------------------------------------------------- train
+TRAINABLE = ("nm_thyroid_dx",)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a zoo model on a site's labelled folder into a bundle (then validate, then install)."""
+    from model_zoo.bundle import load_bundle
+    from model_zoo.errors import ModelZooError
+
+    _setup_logging("INFO")
+    if args.model not in TRAINABLE:
+        print(f"thyroid-node: training on site data is implemented for {', '.join(TRAINABLE)}; "
+              f"{args.model} has only its phantom demo (thyroid-node build-demo {args.model})", file=sys.stderr)
+        return 2
+    from model_zoo.nm_thyroid_dx.site import train_site
+
+    started = time.monotonic()
+
+    def show(frac: float, msg: str) -> None:
+        print(f"[{100 * frac:5.1f}%] {time.monotonic() - started:6.1f} s  {msg}", flush=True)
+
+    try:
+        out = train_site(Path(args.data), Path(args.out), version=args.version, epochs=args.epochs, seed=args.seed,
+                         holdout=args.holdout, progress=show)
+        card = load_bundle(out).card
+    except ModelZooError as exc:
+        print(f"thyroid-node: {exc}", file=sys.stderr)
+        return 1
+    print(f"bundle {card.ident} written to {out}; held-out: {card.reported_performance.get('heldout_phantom_accuracy')} "
+          f"accuracy on {card.reported_performance.get('heldout_n')} images. Next: thyroid-node validate "
+          f"{card.name} --data DIR --bundle {out}, then thyroid-node models install {out}")
+    return 0
+
+
 # -------------------------------------------------------------------------- validate
 def _bundle_location(location: str, name: str) -> Path:
     from model_zoo.demo import ensure_demo_bundle
@@ -337,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "verify", "install"])
     p.add_argument("path", nargs="?", help="a bundle folder (verify, install)")
     p.add_argument("--force", action="store_true", help="install: replace the same name and version")
+    p = add("train", cmd_train, "train a zoo model on a site's labelled studies into a bundle")
+    p.add_argument("model", help="zoo key (nm_thyroid_dx)")
+    p.add_argument("--data", required=True, metavar="DIR", help="DICOM files and labels.csv (docs/validation.md)")
+    p.add_argument("--out", required=True, metavar="BUNDLE_DIR")
+    p.add_argument("--version", default="1.0.0-site", help="the bundle's version (appears in every output)")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--holdout", type=float, default=0.2, help="fraction of studies per class held out")
     p = add("validate", cmd_validate, "run a model over labelled studies; the papers' statistics as HTML + JSON")
     p.add_argument("model", help="zoo key: nm_thyroid_dx or ct_lung_met_rai")
     p.add_argument("--data", required=True, metavar="DIR", help="DICOM files and labels.csv (see docs/validation.md)")

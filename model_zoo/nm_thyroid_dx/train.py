@@ -222,13 +222,54 @@ def train(
         if progress is not None:
             progress(frac, msg)
 
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
     x_train, y_train = phantom_set(n_per_class, seed, 1, input_size)
     n_hold = max(8, n_per_class // 4)
     x_hold, y_hold = phantom_set(n_hold, seed, 2, input_size)
     report(0.02, f"{len(x_train)} training and {len(x_hold)} held-out phantoms ready")
+    return fit_and_write(
+        out_dir, x_train, y_train, x_hold, y_hold, epochs=epochs, seed=seed, input_size=input_size, device=dev,
+        report=report, started=t0, version=DEMO_VERSION, demo=True,
+        intended_use=(
+            "Demo weights trained on synthetic phantoms only, to exercise the node end to end. "
+            "Not for clinical use; not a medical device."
+        ),
+        population="synthetic 99mTc-pertechnetate planar thyroid phantoms (model_zoo.phantoms.nm); no patients",
+        training_data=(
+            f"{n_per_class} phantoms per class (matrix 128, seed {seed}), {epochs} epochs, cross-entropy, "
+            f"Adam one-cycle lr peak {LR}, weight decay {WEIGHT_DECAY}, batch {BATCH}, training-only "
+            "auxiliary linear head, batch-norm recalibration, head refit on frozen features; held-out: "
+            f"{n_hold} per class from disjoint seeds"
+        ),
+    )
 
+
+def fit_and_write(
+    out_dir: Path,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_hold: torch.Tensor,
+    y_hold: torch.Tensor,
+    *,
+    epochs: int,
+    seed: int,
+    input_size: int,
+    device: torch.device,
+    report: ProgressFn,
+    started: float,
+    version: str,
+    demo: bool,
+    intended_use: str,
+    population: str,
+    training_data: str,
+) -> Path:
+    """Train the network on prepared inputs, evaluate it on the held-out ones, write the bundle.
+
+    Shared by the phantom demo (:func:`train`) and a site's own data
+    (:mod:`model_zoo.nm_thyroid_dx.site`); the card records who trained it on what.
+    """
+    dev, t0 = device, started
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     net = ScintiResNet34(n_classes=len(NM_THYROID_LABELS)).to(dev)
     aux = torch.nn.Linear(FEATURES, len(NM_THYROID_LABELS)).to(dev)  # training-only shortcut head
     opt = torch.optim.Adam([*net.parameters(), *aux.parameters()], lr=LR, weight_decay=WEIGHT_DECAY)
@@ -277,25 +318,17 @@ def train(
     keys = [lab.key for lab in NM_THYROID_LABELS]
     card = ModelCard(
         name=NAME,
-        version=DEMO_VERSION,
+        version=version,
         title="Thyroid scintigraphy 4-class classifier (ResNet-34, Zhao et al. 2023 architecture)",
-        demo=True,
-        intended_use=(
-            "Demo weights trained on synthetic phantoms only, to exercise the node end to end. "
-            "Not for clinical use; not a medical device."
-        ),
-        population="synthetic 99mTc-pertechnetate planar thyroid phantoms (model_zoo.phantoms.nm); no patients",
+        demo=demo,
+        intended_use=intended_use,
+        population=population,
         modality="NM",
         input=InputSpec(size=input_size, channels=1, normalisation=NORMALISATION),
         labels=list(NM_THYROID_LABELS),
         decision_thresholds={k: 0.5 for k in keys},
         weights=[WeightsFile(path=WEIGHTS, sha256=sha256_file(weights))],
-        training_data=(
-            f"{n_per_class} phantoms per class (matrix 128, seed {seed}), {epochs} epochs, cross-entropy, "
-            f"Adam one-cycle lr peak {LR}, weight decay {WEIGHT_DECAY}, batch {BATCH}, training-only "
-            "auxiliary linear head, batch-norm recalibration, head refit on frozen features; held-out: "
-            f"{n_hold} per class from disjoint seeds"
-        ),
+        training_data=training_data,
         reported_performance={
             "heldout_phantom_accuracy": round(acc, 4),
             "heldout_n": int(cm.sum()),

@@ -52,7 +52,7 @@ class Collected:
     detection: dict[str, Any] | None = None  # CT: labelled / found / missed / unmatched
 
 
-def _studies(data_dir: Path) -> dict[str, list[Dataset]]:
+def read_studies(data_dir: Path) -> dict[str, list[Dataset]]:
     studies: dict[str, list[Dataset]] = defaultdict(list)
     for path in sorted(p for p in data_dir.rglob("*") if p.is_file() and p.name != LABELS_FILE):
         try:
@@ -66,7 +66,7 @@ def _studies(data_dir: Path) -> dict[str, list[Dataset]]:
     return studies
 
 
-def _rows(data_dir: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+def read_labels(data_dir: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     path = data_dir / LABELS_FILE
     try:
         with open(path, newline="", encoding="utf-8") as fh:
@@ -99,8 +99,8 @@ def collect_nm(bundle_path: Path, data_dir: Path) -> Collected:
 
     loaded = load("nm_thyroid_dx", bundle_path)
     keys = tuple(loaded.card.label_keys)
-    rows = _rows(data_dir, ("study_instance_uid", "label"))
-    studies = _studies(data_dir)
+    rows = read_labels(data_dir, ("study_instance_uid", "label"))
+    studies = read_studies(data_dir)
     y, probs = [], []
     for row in rows:
         uid, label = row["study_instance_uid"].strip(), row["label"].strip()
@@ -124,8 +124,8 @@ def collect_ct(bundle_path: Path, data_dir: Path) -> Collected:
     from workers.pipelines import ct
 
     loaded = load("ct_lung_met_rai", bundle_path)
-    rows = _rows(data_dir, ("study_instance_uid", "x_mm", "y_mm", "z_mm", "diameter_mm", "refractory"))
-    studies = _studies(data_dir)
+    rows = read_labels(data_dir, ("study_instance_uid", "x_mm", "y_mm", "z_mm", "diameter_mm", "refractory"))
+    studies = read_studies(data_dir)
     by_study: dict[str, list[dict[str, str]]] = defaultdict(list)
     for row in rows:
         by_study[row["study_instance_uid"].strip()].append(row)

@@ -81,3 +81,48 @@ def test_bad_labels_file_is_a_clear_error(tmp_path: Path) -> None:
     (data / "labels.csv").write_text("study,diagnosis\n1.2.3,graves\n")
     done = _validate("nm_thyroid_dx", "--data", str(data), "--bundle", "demo", "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert done.returncode == 1 and "labels.csv" in done.stderr and "study_instance_uid" in done.stderr
+
+
+def _nm_folder(root: Path, per_class: int, seed: int) -> Path:
+    rows = []
+    for i, label in enumerate(NM_LABELS * per_class):
+        path = write_nm_study(root / f"s{i}", label, seed=seed + i)
+        rows.append({"study_instance_uid": str(dcmread(path).StudyInstanceUID), "label": label})
+    with open(root / "labels.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["study_instance_uid", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def test_train_then_validate_then_install(tmp_path: Path) -> None:
+    """A site's cycle: train on its labelled folder, validate on another, install the bundle."""
+    train_dir = _nm_folder(tmp_path / "train", 5, 5500)
+    test_dir = _nm_folder(tmp_path / "test", 2, 5600)
+    bundle = tmp_path / "bundle"
+    cmd = [sys.executable, "-m", "dicom_node.cli"]
+    done = subprocess.run([*cmd, "train", "nm_thyroid_dx", "--data", str(train_dir), "--out", str(bundle),
+                           "--epochs", "1", "--version", "0.9.0-test"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[" in done.stdout and "%]" in done.stdout  # progress shown
+    card = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert card["version"] == "0.9.0-test" and card["demo"] is False
+    assert card["reported_performance"]["heldout_n"] == 4  # 20% of 5 studies per class, by study
+    out = tmp_path / "report"
+    done = _validate("nm_thyroid_dx", "--data", str(test_dir), "--bundle", str(bundle), "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["version"] == "0.9.0-test" and sum(map(sum, report["confusion_matrix"])) == 8
+    config = tmp_path / "node.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'var'}\n")
+    done = subprocess.run([*cmd, "models", "install", str(bundle), "--config", str(config)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "var" / "bundles" / "nm_thyroid_dx-0.9.0-test" / "configs" / "metadata.json").exists()
+
+
+def test_train_refuses_a_model_without_site_training(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "dicom_node.cli", "train", "ct_lung_met_rai", "--data", str(tmp_path),
+                           "--out", str(tmp_path / "b")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "build-demo" in done.stderr

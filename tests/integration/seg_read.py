@@ -64,19 +64,33 @@ def segments(seg: Dataset) -> dict[int, Segment]:
     return result
 
 
+def planes(ct: Sequence[Dataset]) -> list[tuple[np.ndarray, np.ndarray, float, float, int, int]]:
+    """(position, orientation, row spacing, column spacing, rows, columns) of every slice or frame."""
+    out = []
+    for ds in ct:
+        if "PerFrameFunctionalGroupsSequence" in ds:  # Enhanced CT: one plane per frame
+            for f in range(int(ds.NumberOfFrames)):
+                ipp = np.array(_group(ds, f, "PlanePositionSequence").ImagePositionPatient, dtype=float)
+                iop = np.array(_group(ds, f, "PlaneOrientationSequence").ImageOrientationPatient, dtype=float)
+                dr, dc = (float(v) for v in _group(ds, f, "PixelMeasuresSequence").PixelSpacing)
+                out.append((ipp, iop, dr, dc, int(ds.Rows), int(ds.Columns)))
+        else:
+            dr, dc = (float(v) for v in ds.PixelSpacing)
+            out.append((np.array(ds.ImagePositionPatient, dtype=float), np.array(ds.ImageOrientationPatient, dtype=float),
+                        dr, dc, int(ds.Rows), int(ds.Columns)))
+    return out
+
+
 def sphere_voxels(ct_slices: Sequence[Dataset], centre: Sequence[float], diameter: float) -> np.ndarray:
     """Centres (n, 3) of the CT's voxels whose centre lies inside the sphere (the phantom's truth)."""
     c = np.asarray(centre, dtype=float)
     r = diameter / 2.0
     found = []
-    for ds in ct_slices:
-        ipp = np.array(ds.ImagePositionPatient, dtype=float)
-        iop = np.array(ds.ImageOrientationPatient, dtype=float)
-        dr, dc = (float(v) for v in ds.PixelSpacing)
+    for ipp, iop, dr, dc, n_rows, n_cols in planes(ct_slices):
         normal = np.cross(iop[:3], iop[3:])
         if abs(float(np.dot(c - ipp, normal))) > r:
             continue
-        rows, cols = np.meshgrid(np.arange(int(ds.Rows)), np.arange(int(ds.Columns)), indexing="ij")
+        rows, cols = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
         pts = ipp + cols.reshape(-1, 1) * dc * iop[:3] + rows.reshape(-1, 1) * dr * iop[3:]
         found.append(pts[np.linalg.norm(pts - c, axis=1) <= r])
     return np.concatenate(found) if found else np.zeros((0, 3))

@@ -184,7 +184,7 @@ def test_ct_studies_through_redis_and_a_real_worker(
     for path in (p for s in (plain, feet_first, tilted, abdomen) for p in s.paths):
         by_syntax.setdefault(str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID), []).append(path)
     assert len(by_syntax) == 4
-    for syntax, files in by_syntax.items():  # one association per transfer syntax
+    for syntax, files in sorted(by_syntax.items()):  # one association per transfer syntax
         sent = storescu(files, node.port, called_aet=node.ae_title, timeout=300,
                         extra_args=[STORESCU_TS_OPTION[syntax]], verbose=False)
         assert sent.returncode == 0, sent.stdout[-2000:] + sent.stderr[-2000:]
@@ -201,3 +201,23 @@ def test_ct_studies_through_redis_and_a_real_worker(
     assert len(d_plain) == len(d_ff)
     for (t1, m1), (t2, m2) in zip(d_plain, d_ff):
         assert t1 == t2 and abs(m1 - m2) <= 1.0
+
+
+def test_enhanced_ct_through_the_node(
+    orthanc: Orthanc, redis_url: str, node_factory: Callable[..., NodeProcess], tmp_path: Path
+) -> None:
+    """One Enhanced CT multi-frame instance: the SEG references its frames and matches the spheres."""
+    node = node_factory(orthanc, redis_url)
+    study = write_ct_study(tmp_path / "enh", 7005, enhanced=True, rows=256, slices=80, pixel_mm=PIXEL_MM,
+                           slice_mm=SLICE_MM, nodules=NODULES[:2])
+    assert len(study.paths) == 1
+    sent = storescu(study.paths, node.port, called_aet=node.ae_title, timeout=120)
+    assert sent.returncode == 0, sent.stdout[-2000:] + sent.stderr[-2000:]
+    res = _wait(orthanc, node, study.study_instance_uid, ("SEG", "SR", "SC"))
+    diameters = _check_study(res, study, tmp_path)
+    assert len(diameters) == 2
+    (seg,) = res["SEG"]
+    frames = {int(src.ReferencedFrameNumber) for f in seg.PerFrameFunctionalGroupsSequence
+              for d in f.DerivationImageSequence for src in d.SourceImageSequence}
+    assert frames and max(frames) <= 80
+

@@ -13,17 +13,17 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
 from model_zoo.bundle import load_bundle
 from model_zoo.errors import BundleError
+from model_zoo.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[float, str], None]
 
 # Demo recipe per model: training kwargs and a rough CPU time estimate in minutes (2 cores).
 DEMO_RECIPES: Final[dict[str, dict[str, int]]] = {

@@ -25,7 +25,6 @@ import logging
 import math
 import platform
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +42,9 @@ from model_zoo.ct_lung_met_rai.model import CTSpec, extract_patch, normalise
 from model_zoo.nets.se_resnet3d import SEResNet3d
 from model_zoo.nets.se_vnet import SEVNet
 from model_zoo.phantoms.ct import ChestPhantom, chest_phantom
+from model_zoo.progress import ProgressFn, reporter
 
 logger = logging.getLogger(__name__)
-
-ProgressFn = Callable[[float, str], None]
 
 NAME = "ct_lung_met_rai"
 DEMO_VERSION = "0.1.0-demo"
@@ -223,10 +221,7 @@ def train(
     t0 = time.monotonic()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    def report(frac: float, msg: str) -> None:
-        logger.info("%s [%3.0f%%] %s", NAME, 100 * frac, msg)
-        if progress is not None:
-            progress(frac, msg)
+    report = reporter(NAME, progress)
 
     spec = CTSpec(se_vnet=se_vnet, se_resnet3d=se_resnet3d)
     torch.manual_seed(seed)

@@ -21,7 +21,8 @@ import torch
 from model_zoo.errors import InputRejected
 from model_zoo.nm_thyroid_dx.labels import NM_THYROID_LABELS
 from model_zoo.nm_thyroid_dx.preprocess import prepare
-from model_zoo.nm_thyroid_dx.train import ProgressFn, fit_and_write
+from model_zoo.nm_thyroid_dx.train import fit_and_write
+from model_zoo.progress import ProgressFn, reporter
 from model_zoo.validation.collect import ValidationDataError, read_labels, read_studies
 
 logger = logging.getLogger(__name__)
@@ -81,10 +82,7 @@ def train_site(
     t0 = time.monotonic()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    def report(frac: float, msg: str) -> None:
-        logger.info("nm_thyroid_dx [%3.0f%%] %s", 100 * frac, msg)
-        if progress is not None:
-            progress(frac, msg)
+    report = reporter("nm_thyroid_dx", progress)
 
     x, y, uids = load_site_data(Path(data_dir), input_size)
     train_idx, hold_idx = split_by_study(y, uids, holdout, seed)

@@ -25,7 +25,6 @@ import logging
 import math
 import platform
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import monai
@@ -39,10 +38,9 @@ from model_zoo.nets.scinti_resnet34 import FEATURES, ScintiResNet34
 from model_zoo.nm_thyroid_dx.labels import NM_THYROID_LABELS
 from model_zoo.nm_thyroid_dx.preprocess import NORMALISATION, normalise
 from model_zoo.phantoms.nm import make_nm_image
+from model_zoo.progress import ProgressFn, reporter
 
 logger = logging.getLogger(__name__)
-
-ProgressFn = Callable[[float, str], None]
 
 NAME = "nm_thyroid_dx"
 DEMO_VERSION = "0.1.0-demo"
@@ -217,10 +215,7 @@ def train(
     t0 = time.monotonic()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    def report(frac: float, msg: str) -> None:
-        logger.info("%s [%3.0f%%] %s", NAME, 100 * frac, msg)
-        if progress is not None:
-            progress(frac, msg)
+    report = reporter(NAME, progress)
 
     x_train, y_train = phantom_set(n_per_class, seed, 1, input_size)
     n_hold = max(8, n_per_class // 4)

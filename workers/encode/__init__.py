@@ -10,6 +10,9 @@
   diagnosis (:func:`workers.encode.sc.encode_heatmap_sc`) or per CT lesion
   (:func:`workers.encode.sc.encode_lesion_sc`), pixels drawn by
   :mod:`workers.encode.heatmap_render`.
+* :mod:`workers.encode.seg_us`, :mod:`workers.encode.sr_us`, :mod:`workers.encode.sc_us`: US
+  thyroid nodules -> one Segmentation per image with nodules, a TID 1500 Measurement Report
+  with one planar group per nodule, one heatmap Secondary Capture per nodule.
 * :mod:`workers.encode.uids`: deterministic UIDs, so that a re-run replaces.
 * :mod:`workers.encode.codes`: every coded concept written, with its source.
 * :mod:`workers.encode.common`: equipment, pinned times, series descriptions.

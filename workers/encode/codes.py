@@ -183,3 +183,56 @@ PROBABILITY_RAI_REFRACTORY: Final[hd.sr.CodedConcept] = probability_concept(
     "rai_refractory",
     Code(value="RAI-REFRACTORY", scheme=PRIVATE_SCHEME, meaning="RAI-refractory status"),
 )
+
+# --- US (seeds 004 and 002): thyroid nodules on B-mode ultrasound ----------------------------
+# Standard codes (checked against pydicom's copy of PS3.16):
+# * (25010-0, LN, "US Thyroid Report"): Procedure Reported; PS3.16 CID 7000 and CID 12320
+#   (General Ultrasound Report Document Title) list it for a thyroid ultrasound.
+# * (27925004, SCT, "Nodule"): SEG Segmented Property Type (CID 7151) and SR Finding, with the
+#   category (49755003, SCT) and the site / anatomic region (69748006, SCT, "Thyroid structure").
+# * (103339001, SCT, "Long axis"), (103340004, SCT, "Short axis"), (42798000, SCT, "Area"):
+#   the nodule's largest diameter, the largest width perpendicular to it, its area (CID 7469).
+# * (mm2, UCUM, "square millimeter"); for an uncalibrated image UCUM annotations, which UCUM
+#   reads as unity: ({pixels}, UCUM, "Pixels"), as highdicom writes image sizes in the Image
+#   Library, and ({pixels}.{pixels}, UCUM, "square pixels") (UCUM annotations may not hold a
+#   space or an exponent; DICOM writes counts the same way: ({counts}, UCUM, "Counts")).
+# Private (99THYAI): probabilities of malignancy and of large-volume lymph node metastasis,
+# their yes/no evaluations, and text rows (backbones averaged, outline source, size unit,
+# region choice, nodule centre, "no thyroid nodule found").
+PROCEDURE_US_THYROID: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(
+    codes.LN.USThyroidReport
+)
+NODULE: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.SCT.Nodule)
+LONG_AXIS: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.SCT.LongAxis)
+SHORT_AXIS: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.SCT.ShortAxis)
+AREA: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.SCT.Area)
+SQUARE_MILLIMETER: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(
+    codes.UCUM.SquareMillimeter
+)
+PIXELS: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept(
+    value="{pixels}", scheme_designator="UCUM", meaning="Pixels"
+)
+SQUARE_PIXELS: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept(
+    value="{pixels}.{pixels}", scheme_designator="UCUM", meaning="square pixels"
+)
+MALIGNANT: Final[hd.sr.CodedConcept] = _private("MALIGNANT", "Malignant")
+LVLNM: Final[hd.sr.CodedConcept] = _private(
+    "LVLNM", "Large-volume lymph node metastasis (> 5 nodes)"
+)
+#: Measurement "Probability of malignancy" (seed 004; value 0..1, unit "1").
+PROBABILITY_MALIGNANCY: Final[hd.sr.CodedConcept] = probability_concept(
+    "malignancy", Code(value="MALIGNANCY", scheme=PRIVATE_SCHEME, meaning="malignancy")
+)
+#: Measurement "Probability of large-volume lymph node metastasis" (seed 002; 0..1, unit "1").
+PROBABILITY_LVLNM: Final[hd.sr.CodedConcept] = probability_concept(
+    "lvlnm",
+    Code(value="LVLNM", scheme=PRIVATE_SCHEME, meaning="large-volume lymph node metastasis"),
+)
+BACKBONES: Final[hd.sr.CodedConcept] = _private("BACKBONES", "Backbones averaged")
+OUTLINE_SOURCE: Final[hd.sr.CodedConcept] = _private("OUTLINE-SOURCE", "Nodule outline source")
+SIZE_UNIT: Final[hd.sr.CodedConcept] = _private("SIZE-UNIT", "Size unit")
+REGION_CHOICE: Final[hd.sr.CodedConcept] = _private("REGION-CHOICE", "Image region selection")
+NODULE_CENTRE: Final[hd.sr.CodedConcept] = _private(
+    "NODULE-CENTRE", "Nodule centre (source pixels)"
+)
+NO_NODULE_FOUND: Final[hd.sr.CodedConcept] = _private("NO-NODULE", "No thyroid nodule found")

@@ -165,7 +165,7 @@ def _source_image_item(source: pydicom.Dataset, ref_frame: int | None) -> Datase
     return item
 
 
-def _secondary_capture(
+def secondary_capture(
     source: pydicom.Dataset,
     pixels: np.ndarray,
     *,
@@ -291,7 +291,7 @@ def encode_heatmap_sc(
         model.version,
         instance_key=frame_key,
     )
-    sc = _secondary_capture(
+    sc = secondary_capture(
         source,
         pixels,
         uids=uids,
@@ -468,7 +468,7 @@ def encode_lesion_sc(
         model.version,
         instance_key=f"lesion={lesion.index}",
     )
-    sc = _secondary_capture(
+    sc = secondary_capture(
         source,
         pixels,
         uids=uids,

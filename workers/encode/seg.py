@@ -195,7 +195,7 @@ def _source_arguments(
     return [source], [positions[f - 1] for f in frames if f is not None]
 
 
-def _pin_dimension_organization(seg: pydicom.Dataset, uid: str) -> None:
+def pin_dimension_organization(seg: pydicom.Dataset, uid: str) -> None:
     """Replace the random Dimension Organization UID highdicom generates with ``uid``."""
     for keyword in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
         for item in seg.get(keyword, []):
@@ -287,7 +287,7 @@ def encode_ct_seg(
         content_time=content_datetime.time(),
     )
     pin_datetimes(seg, content_datetime)
-    _pin_dimension_organization(seg, derive_uid("dimension-organization", uids.sop_instance_uid))
+    pin_dimension_organization(seg, derive_uid("dimension-organization", uids.sop_instance_uid))
     logger.info(
         "encoded CT SEG: %d segment(s) on %d source slice(s), %d frame(s), model %s %s",
         len(results.lesions),

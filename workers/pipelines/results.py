@@ -144,3 +144,73 @@ class CTResults:
     series: CTSeriesUsed | None = None
     lesions: tuple[CTLesion, ...] = ()
     not_analysable: tuple[NotAnalysable, ...] = ()
+
+
+# --- US (seeds 004 and 002): thyroid nodules on B-mode ultrasound ---------------------------
+
+
+@dataclass(frozen=True)
+class USImageUsed:
+    """One B-mode image (an instance, or one frame of a cine clip) the US pipeline analysed.
+
+    ``region`` is the B-mode region taken from the Sequence of Ultrasound Regions (or, without
+    calibrated regions, found in the image): ``(row0, col0, row1, col1)`` in the source frame's
+    pixels, end exclusive. Only pixels inside it were model input.
+    """
+
+    source: SourceImage  # frame_number set for multi-frame sources
+    rows: int  # the source frame's size
+    columns: int
+    region: tuple[int, int, int, int]
+    spacing_mm: tuple[float, float] | None  # (row, column) pixel size in mm; None: uncalibrated
+    choice: str  # how the region (and frame) was chosen, for the SR and the logs
+
+
+@dataclass(frozen=True)
+class USNodule:
+    """One thyroid nodule on one analysed image, its outline, sizes and the models' scores.
+
+    ``mask`` is on the *source frame's* pixel grid, cropped to ``box``: ``mask[r, c]`` is pixel
+    ``(box[0] + r, box[1] + c)`` of ``image``'s frame.
+    """
+
+    index: int  # 1-based over the study; the SEG segment number and the SR group order
+    image: USImageUsed
+    box: tuple[int, int, int, int]  # (row0, col0, row1, col1) in source pixels, end exclusive
+    mask: np.ndarray = field(repr=False, compare=False)  # bool, box-shaped
+    outline_source: str = "model"  # "model" (our segmentation) | "site SEG" (an ROI the site sent)
+    # the largest diameter and the largest width perpendicular to it, in mm when the image is
+    # calibrated, else in pixels (``calibrated`` False)
+    long_axis: float = 0.0
+    short_axis: float = 0.0
+    calibrated: bool = True
+    area: float = 0.0  # mm² (or pixels² when uncalibrated)
+    centre_px: tuple[float, float] = (0.0, 0.0)  # centroid (row, column), source pixels
+    malignancy: float | None = None  # seed 004: probability of malignancy, 0..1 (None: not run)
+    malignancy_threshold: float = 0.5
+    malignancy_backbones: tuple[str, ...] = ()  # which backbones were averaged, e.g. ("xception",)
+    lvlnm: float | None = None  # seed 002: probability of large-volume node metastasis (None: not run)
+    lvlnm_threshold: float = 0.5
+    # Grad-CAM of the malignancy model on the source frame, cropped to ``box``, float32 in [0, 1]
+    heatmap: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32), repr=False, compare=False)
+
+    @property
+    def unit(self) -> str:
+        return "mm" if self.calibrated else "pixels"
+
+
+@dataclass(frozen=True)
+class USResults:
+    """Everything the US pipeline produced for one study.
+
+    ``images`` lists every image analysed (nodules may be empty for some); images that could not
+    be used are in ``not_analysable`` with the reason.
+    """
+
+    study_instance_uid: str
+    segmentation_model: ModelInfo
+    malignancy_model: ModelInfo | None
+    lvlnm_model: ModelInfo | None
+    images: tuple[USImageUsed, ...] = ()
+    nodules: tuple[USNodule, ...] = ()
+    not_analysable: tuple[NotAnalysable, ...] = ()

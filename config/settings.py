@@ -109,7 +109,28 @@ def _default_rules() -> list[Rule]:
     return [
         Rule(name="nm-thyroid", match=Match(modality=["NM"]), pipeline="nm_thyroid_dx", queue="nm"),
         Rule(name="ct-lung-mets", match=Match(modality=["CT"]), pipeline="ct_lung_met_rai", queue="ct"),
+        Rule(name="us-thyroid", match=Match(modality=["US"]), pipeline="us_thyroid_nodule", queue="us"),
     ]
+
+
+Backbone = Literal["xception", "densenet169"]
+
+
+class USOptions(_Strict):
+    """Options of the ultrasound pipeline (seeds 004 and 002)."""
+
+    # seed 004's backbones to run on each nodule; more than one: their probabilities are averaged.
+    # Default: Xception alone, the paper's best (external AUC 0.970).
+    malignancy_backbones: list[Backbone] = Field(default_factory=lambda: list[Backbone](["xception"]), min_length=1)
+    run_lvlnm: bool = True  # seed 002 (large-volume node metastasis) on each nodule
+    max_images: int = Field(64, ge=1, le=10000)  # images (or cine clips) analysed per study; the rest are listed as not analysed
+
+    @field_validator("malignancy_backbones")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"backbones must be unique, got {value}")
+        return value
 
 
 class Settings(BaseSettings):
@@ -131,7 +152,15 @@ class Settings(BaseSettings):
     broker_url: str | None = None  # None: embedded SQLite broker under data_dir
     destinations: list[Destination] = []
     routes: list[Rule] = Field(default_factory=_default_rules)
-    models: dict[str, str] = {"nm_thyroid_dx": "demo", "ct_lung_met_rai": "demo"}  # name -> bundle dir, or "demo"
+    # zoo model name -> bundle directory, or "demo" (the phantom-trained cache)
+    models: dict[str, str] = {
+        "nm_thyroid_dx": "demo",
+        "ct_lung_met_rai": "demo",
+        "us_nodule_seg": "demo",
+        "us_calcified_nodule": "demo",
+        "us_lvlnm": "demo",
+    }
+    us: USOptions = USOptions()
     task_lease_s: float = Field(1800.0, gt=0)  # a route with no sign of its task this long is dispatched again
     export_max_retries: int = Field(40, ge=0)
     export_backoff_s: float = Field(5.0, gt=0)

@@ -207,8 +207,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         for pipeline_name, series in plan:
             pipeline = get_pipeline(pipeline_name)
             models = load_models(pipeline.MODELS, settings)
+            companions = {c.upper() for c in getattr(pipeline, "COMPANION_MODALITIES", ())}
+            series += [uid for uid, info in sorted(m.series.items())  # type: ignore[attr-defined]
+                       if info.modality.upper() in companions and uid not in series]
             sources = [dcmread(p) for s in series for p in files[s]]
-            objects = pipeline.process(sources, models, datetime.now().replace(microsecond=0))
+            objects = pipeline.process(sources, models, datetime.now().replace(microsecond=0), settings)
             for name, data in encode_files(objects).items():
                 (out / name).write_bytes(data)
                 written += 1

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import logging
@@ -16,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from model_zoo.bundle import load_bundle
 from model_zoo.errors import BundleError
@@ -26,9 +27,14 @@ logger = logging.getLogger(__name__)
 
 
 # Demo recipe per model: training kwargs and a rough CPU time estimate in minutes (2 cores).
-DEMO_RECIPES: Final[dict[str, dict[str, int]]] = {
+DEMO_RECIPES: Final[dict[str, dict[str, Any]]] = {
     "nm_thyroid_dx": {"n_per_class": 80, "epochs": 6, "seed": 20240, "input_size": 128},
     "ct_lung_met_rai": {"seed": 20000, "n_phantoms": 24, "seg_iterations": 300, "seg_patch": 48, "cls_epochs": 6},
+    "us_nodule_seg": {"seed": 40400, "n_train": 48, "iterations": 800, "size": 160},
+    "us_calcified_nodule": {"seed": 40040, "n_train": 80, "epochs": 10,
+                            "input_sizes": {"xception": 96, "densenet169": 96}},
+    # radiomics_params "light": model_zoo.us_lvlnm.radiomics.LIGHT_PARAMS (original + LoG 1 mm, 195 features)
+    "us_lvlnm": {"seed": 20020, "n_train": 120, "densenet_epochs": 3, "input_size": 224, "radiomics_params": "light"},
 }
 # Network configurations of the demo bundles (part of the recipe: another one is rebuilt). The CT
 # demo's SE V-Net is much lighter than the paper's (see model_zoo/nets/se_vnet.py) to fit CPU budgets.
@@ -37,11 +43,19 @@ DEMO_NETWORKS: Final[dict[str, dict[str, dict[str, object]]]] = {
         "se_vnet": {"base_channels": 8, "kernel_size": 3, "levels": 4, "convs_per_level": [1, 2, 2, 2]},
         "se_resnet3d": {"channels": [8, 16, 32, 64]},
     },
+    # US demo networks keep the papers' topologies at a fraction of their width (and 96 px inputs
+    # for seed 004) so that the three US bundles train in a few minutes on 2 cores.
+    "us_nodule_seg": {"network": {"channels": [8, 16, 32, 64, 128], "strides": [2, 2, 2, 2],
+                                  "num_res_units": 0, "norm": "batch"}},
+    "us_calcified_nodule": {"xception": {"width": 0.125}, "densenet169": {"init_features": 8, "growth_rate": 4}},
+    "us_lvlnm": {"densenet121": {"init_features": 16, "growth_rate": 8}},
 }
-DEMO_MINUTES: Final[dict[str, float]] = {"nm_thyroid_dx": 3.0, "ct_lung_met_rai": 9.0}
+DEMO_MINUTES: Final[dict[str, float]] = {"nm_thyroid_dx": 3.0, "ct_lung_met_rai": 9.0, "us_nodule_seg": 1.5,
+                                         "us_calcified_nodule": 2.0, "us_lvlnm": 1.5}
 # Bump when the phantoms or the training code change: cached demo bundles of another revision
 # are rebuilt.
-DEMO_REVISION: Final[dict[str, int]] = {"nm_thyroid_dx": 4, "ct_lung_met_rai": 2}
+DEMO_REVISION: Final[dict[str, int]] = {"nm_thyroid_dx": 4, "ct_lung_met_rai": 2, "us_nodule_seg": 1,
+                                        "us_calcified_nodule": 1, "us_lvlnm": 1}
 
 
 def demo_recipe(name: str) -> dict[str, object]:
@@ -117,6 +131,25 @@ def _build(name: str, tmp: Path, progress: ProgressFn | None) -> None:
         train_ct(tmp, seed=r["seed"], n_phantoms=r["n_phantoms"], seg_iterations=r["seg_iterations"],
                  seg_patch=r["seg_patch"], cls_epochs=r["cls_epochs"], se_vnet=dict(DEMO_NETWORKS[name]["se_vnet"]),
                  se_resnet3d=dict(DEMO_NETWORKS[name]["se_resnet3d"]), progress=progress)
+        return
+    if name in ("us_nodule_seg", "us_calcified_nodule", "us_lvlnm"):
+        import importlib
+
+        kwargs = {**copy.deepcopy(DEMO_RECIPES[name]), **copy.deepcopy(DEMO_NETWORKS[name])}
+        if kwargs.get("radiomics_params") == "light":
+            from model_zoo.us_lvlnm.radiomics import LIGHT_PARAMS
+
+            kwargs["radiomics_params"] = copy.deepcopy(LIGHT_PARAMS)
+        import torch
+
+        # one intra-op thread: these small-batch 2D trainings gain nothing from two, and on a
+        # busy 2-core machine two spinning OpenMP threads made them up to 15x slower
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            importlib.import_module(f"model_zoo.{name}.train").train(tmp, progress=progress, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
         return
     raise BundleError(f"no demo recipe for model {name!r}; known: {sorted(DEMO_RECIPES)}")
 

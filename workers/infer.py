@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 PIPELINES = {
     "nm_thyroid_dx": "workers.pipelines.nm",
     "ct_lung_met_rai": "workers.pipelines.ct",
+    "us_thyroid_nodule": "workers.pipelines.us",
 }
 
 
@@ -44,6 +45,18 @@ def encode_files(objects: list[Dataset]) -> dict[str, bytes]:
         dcmwrite(buf, ds, enforce_file_format=True)
         files[f"{ds.SOPInstanceUID}.dcm"] = buf.getvalue()
     return files
+
+
+def input_series(spool: Spool, job_id: str, matched: list[str], pipeline: ModuleType) -> list[str]:
+    """The series a route's pipeline reads: those its rule matched, plus the study's series of the
+    pipeline's companion modalities (e.g. a site's SEG holding nodule outlines for the US images)."""
+    companions = {m.upper() for m in getattr(pipeline, "COMPANION_MODALITIES", ())}
+    if not companions:
+        return matched
+    manifest = spool.job_manifest(job_id)
+    extra = [uid for uid, info in sorted(manifest.series.items())
+             if info.modality.upper() in companions and uid not in matched]
+    return [*matched, *extra]
 
 
 def job_datetime(spool: Spool, job_id: str) -> datetime:
@@ -71,12 +84,13 @@ def process_route(spool: Spool, settings: Settings, job_id: str, route_name: str
         return True
     pipeline = get_pipeline(r["pipeline"])
     models = load_models(pipeline.MODELS, settings)
+    series = input_series(spool, job_id, list(r["series"]), pipeline)
     # same input, same models, same destinations: already done; a new PACS or model version is not
     salt = "|".join(
         [r["pipeline"], *(f"{m.info.name}:{m.info.version}" for m in models.values()),
          *sorted(f"{d.ae_title}@{d.host}:{d.port}" for d in settings.destinations)]
     )
-    fingerprint = spool.fingerprint(job_id, r["series"], salt)
+    fingerprint = spool.fingerprint(job_id, series, salt)
     prior = spool.ledger_get(fingerprint)
     if prior is not None:
         log.info("job %s route %s: same input already processed and sent by job %s; not sent again",
@@ -85,8 +99,8 @@ def process_route(spool: Spool, settings: Settings, job_id: str, route_name: str
         spool.mark_exported(job_id, route_name)
         spool.finish_if_exported(job_id)
         return False
-    sources = [dcmread(p) for p in spool.job_instances(job_id, r["series"])]
-    objects = pipeline.process(sources, models, job_datetime(spool, job_id))
+    sources = [dcmread(p) for p in spool.job_instances(job_id, series)]
+    objects = pipeline.process(sources, models, job_datetime(spool, job_id), settings)
     files = encode_files(objects)
     files["fingerprint"] = fingerprint.encode()
     spool.publish_outputs(job_id, route_name, files)

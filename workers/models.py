@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 LOADERS = {
     "nm_thyroid_dx": ("model_zoo.nm_thyroid_dx", "NMThyroidDx"),
     "ct_lung_met_rai": ("model_zoo.ct_lung_met_rai.model", "CTLungMetRAI"),
+    "us_nodule_seg": ("model_zoo.us_nodule_seg.model", "USNoduleSeg"),
+    "us_calcified_nodule": ("model_zoo.us_calcified_nodule.model", "USCalcifiedNodule"),
+    "us_lvlnm": ("model_zoo.us_lvlnm.model", "USLVLNM"),
 }
 
 

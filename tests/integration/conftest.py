@@ -37,7 +37,8 @@ class NodeProcess:
             "destinations": (
                 [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}] if orthanc else []
             ),
-            "models": {"nm_thyroid_dx": "demo", "ct_lung_met_rai": "demo"},
+            "models": {name: "demo" for name in
+                       ("nm_thyroid_dx", "ct_lung_met_rai", "us_nodule_seg", "us_calcified_nodule", "us_lvlnm")},
             "export_backoff_s": 1,
             "export_backoff_max_s": 4,
             "log_level": "INFO",

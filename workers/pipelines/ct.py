@@ -142,7 +142,9 @@ def run(sources: list[Dataset], models: dict[str, Any]) -> CTResults:
     return CTResults(study_uid, seg_info, cls_info, series=used, lesions=lesions)
 
 
-def process(sources: list[Dataset], models: dict[str, Any], content_datetime: datetime) -> list[Dataset]:
+def process(
+    sources: list[Dataset], models: dict[str, Any], content_datetime: datetime, settings: Any = None
+) -> list[Dataset]:
     """Run the pipeline and encode: SEG (if lesions), SR, one heatmap SC per lesion."""
     from workers.encode.sc import encode_lesion_sc
     from workers.encode.seg import encode_ct_seg

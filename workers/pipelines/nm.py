@@ -69,7 +69,9 @@ def run(sources: list[Dataset], models: dict[str, Any]) -> NMResults:
     return NMResults(study_uid, tuple(diagnoses), tuple(rejected))
 
 
-def process(sources: list[Dataset], models: dict[str, Any], content_datetime: datetime) -> list[Dataset]:
+def process(
+    sources: list[Dataset], models: dict[str, Any], content_datetime: datetime, settings: Any = None
+) -> list[Dataset]:
     """Run the pipeline and encode its results: one TID 1500 SR, one heatmap SC per diagnosis."""
     from workers.encode.sc import encode_heatmap_sc
     from workers.encode.sr import encode_nm_sr

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup run test peers demo bench-ingest bench-nm bench-ct
+.PHONY: setup run test peers demo bench-ingest bench-nm bench-ct bench-us
 
 # A virtual environment with the node installed. torch first, from the CPU wheel
 # (pip install torch==2.13.0), so nothing pulls a multi-GB CUDA build.
@@ -41,3 +41,6 @@ bench-nm: demo peers
 
 bench-ct: demo peers
 	$(BIN)/python benchmarks/ct_latency.py
+
+bench-us: demo peers
+	$(BIN)/python benchmarks/us_throughput.py

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 DEMO_RECIPES: Final[dict[str, dict[str, Any]]] = {
     "nm_thyroid_dx": {"n_per_class": 80, "epochs": 6, "seed": 20240, "input_size": 128},
     "ct_lung_met_rai": {"seed": 20000, "n_phantoms": 24, "seg_iterations": 300, "seg_patch": 48, "cls_epochs": 6},
-    "us_nodule_seg": {"seed": 40400, "n_train": 48, "iterations": 800, "size": 160},
+    "us_nodule_seg": {"seed": 40400, "n_train": 48, "iterations": 800, "size": 240},
     "us_calcified_nodule": {"seed": 40040, "n_train": 80, "epochs": 10,
                             "input_sizes": {"xception": 96, "densenet169": 96}},
     # radiomics_params "light": model_zoo.us_lvlnm.radiomics.LIGHT_PARAMS (original + LoG 1 mm, 195 features)
@@ -54,8 +54,8 @@ DEMO_MINUTES: Final[dict[str, float]] = {"nm_thyroid_dx": 3.0, "ct_lung_met_rai"
                                          "us_calcified_nodule": 2.0, "us_lvlnm": 1.5}
 # Bump when the phantoms or the training code change: cached demo bundles of another revision
 # are rebuilt.
-DEMO_REVISION: Final[dict[str, int]] = {"nm_thyroid_dx": 4, "ct_lung_met_rai": 2, "us_nodule_seg": 1,
-                                        "us_calcified_nodule": 1, "us_lvlnm": 1}
+DEMO_REVISION: Final[dict[str, int]] = {"nm_thyroid_dx": 4, "ct_lung_met_rai": 2, "us_nodule_seg": 2,
+                                        "us_calcified_nodule": 1, "us_lvlnm": 2}
 
 
 def demo_recipe(name: str) -> dict[str, object]:

@@ -56,7 +56,7 @@ WEIGHTS_FILE: Final[str] = "models/unet.pt"
 # demo.py: DEMO_RECIPES["us_nodule_seg"] = DEMO_RECIPE, DEMO_NETWORKS["us_nodule_seg"] = {"network": DEMO_NETWORK}.
 DEMO_NETWORK: Final[dict[str, Any]] = {"channels": [8, 16, 32, 64, 128], "strides": [2, 2, 2, 2],
                                        "num_res_units": 0, "norm": "batch"}
-DEMO_RECIPE: Final[dict[str, int]] = {"seed": 40400, "n_train": 48, "iterations": 800, "size": 160}
+DEMO_RECIPE: Final[dict[str, int]] = {"seed": 40400, "n_train": 48, "iterations": 800, "size": 240}
 DEMO_MINUTES: Final[float] = 1.5
 HOLDOUT_SEED_OFFSET: Final[int] = 1_000_003  # held-out phantoms: another seed
 MATCH_DICE: Final[float] = 0.5  # a nodule counts as found when its best prediction reaches this Dice

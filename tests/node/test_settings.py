@@ -15,7 +15,8 @@ def test_defaults_need_no_file() -> None:
     s = load_settings()
     assert s.embedded_broker and s.effective_broker_url.startswith("sqla+sqlite:///")
     assert s.completeness.quiet_period_s == 10
-    assert [r.queue for r in s.routes] == ["nm", "ct"]
+    assert [r.queue for r in s.routes] == ["nm", "ct", "us"]
+    assert s.us.malignancy_backbones == ["xception"] and s.us.run_lvlnm
 
 
 def test_example_config_is_valid() -> None:
@@ -56,3 +57,11 @@ def test_invalid_config_names_the_field(tmp_path: Path, text: str, field: str) -
 def test_unreadable_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(tmp_path / "missing.yaml")
+
+
+def test_us_backbones_are_checked() -> None:
+    assert load_settings(us={"malignancy_backbones": ["xception", "densenet169"]}).us.malignancy_backbones == [
+        "xception", "densenet169"]
+    for bad in ([], ["resnet"], ["xception", "xception"]):
+        with pytest.raises(ConfigError, match="malignancy_backbones"):
+            load_settings(us={"malignancy_backbones": bad})

@@ -142,7 +142,8 @@ def _groups(sr: Dataset) -> dict[str, Group]:
             meaning = str(c.ConceptNameCodeSequence[0].CodeMeaning) if "ConceptNameCodeSequence" in c else ""
             if c.get("ValueType") == "NUM":
                 mv = c.MeasuredValueSequence[0]
-                numbers[meaning] = (float(mv.NumericValue), str(mv.MeasurementUnitsCodeSequence[0].CodeValue))
+                unit = mv.MeasurementUnitsCodeSequence[0]
+                numbers[meaning] = (float(mv.NumericValue), str(unit.get("CodeValue", unit.get("LongCodeValue", unit))))
             elif c.get("ValueType") == "CODE":
                 codes[meaning] = str(c.ConceptCodeSequence[0].CodeMeaning)
             elif c.get("ValueType") == "TEXT":

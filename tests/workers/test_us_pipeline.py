@@ -71,9 +71,13 @@ def test_nodules_found_measured_and_scored(models: dict[str, Any], tmp_path: Pat
         assert nodule.heatmap.shape == nodule.mask.shape and 0.0 <= nodule.heatmap.min() <= nodule.heatmap.max() <= 1.0
         assert (nodule.malignancy >= nodule.malignancy_threshold) == truth.malignant
         assert nodule.lvlnm is not None and 0.0 <= nodule.lvlnm <= 1.0
-        # the model saw the B-mode region only: the nodule lies inside it
+        # the models saw the B-mode region only: the nodule lies inside it, and none of the burned-in
+        # text or scale bars does
         r0, c0, r1, c1 = nodule.image.region
         assert r0 <= b[0] and c0 <= b[1] and b[2] <= r1 and b[3] <= c1
+        assert inst.text_boxes
+        for t0, u0, t1, u1 in inst.text_boxes:
+            assert t1 <= r0 or t0 >= r1 or u1 <= c0 or u0 >= c1, f"text box {(t0, u0, t1, u1)} in region {nodule.image.region}"
     objects = us.process(sources, models, datetime(2026, 11, 23, 9, 0, 0), load_settings())
     assert sorted(str(o.Modality) for o in objects) == ["OT", "OT", "SEG", "SEG", "SR"]
 

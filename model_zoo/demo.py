@@ -35,6 +35,7 @@ DEMO_RECIPES: Final[dict[str, dict[str, Any]]] = {
                             "input_sizes": {"xception": 96, "densenet169": 96}},
     # radiomics_params "light": model_zoo.us_lvlnm.radiomics.LIGHT_PARAMS (original + LoG 1 mm, 195 features)
     "us_lvlnm": {"seed": 20020, "n_train": 120, "densenet_epochs": 3, "input_size": 224, "radiomics_params": "light"},
+    "nm_graves_i131": {"seed": 20010, "n_train": 120, "epochs": 12, "input_size": 128, "n_features": 16},
 }
 # Network configurations of the demo bundles (part of the recipe: another one is rebuilt). The CT
 # demo's SE V-Net is much lighter than the paper's (see model_zoo/nets/se_vnet.py) to fit CPU budgets.
@@ -49,13 +50,14 @@ DEMO_NETWORKS: Final[dict[str, dict[str, dict[str, object]]]] = {
                                   "num_res_units": 0, "norm": "batch"}},
     "us_calcified_nodule": {"xception": {"width": 0.125}, "densenet169": {"init_features": 8, "growth_rate": 4}},
     "us_lvlnm": {"densenet121": {"init_features": 16, "growth_rate": 8}},
+    "nm_graves_i131": {"resnet50": {"block_inplanes": [8, 16, 32, 64]}},
 }
 DEMO_MINUTES: Final[dict[str, float]] = {"nm_thyroid_dx": 3.0, "ct_lung_met_rai": 9.0, "us_nodule_seg": 1.5,
-                                         "us_calcified_nodule": 2.0, "us_lvlnm": 1.5}
+                                         "us_calcified_nodule": 2.0, "us_lvlnm": 1.5, "nm_graves_i131": 0.5}
 # Bump when the phantoms or the training code change: cached demo bundles of another revision
 # are rebuilt.
 DEMO_REVISION: Final[dict[str, int]] = {"nm_thyroid_dx": 4, "ct_lung_met_rai": 2, "us_nodule_seg": 2,
-                                        "us_calcified_nodule": 1, "us_lvlnm": 2}
+                                        "us_calcified_nodule": 1, "us_lvlnm": 2, "nm_graves_i131": 1}
 
 
 def demo_recipe(name: str) -> dict[str, object]:
@@ -132,7 +134,7 @@ def _build(name: str, tmp: Path, progress: ProgressFn | None) -> None:
                  seg_patch=r["seg_patch"], cls_epochs=r["cls_epochs"], se_vnet=dict(DEMO_NETWORKS[name]["se_vnet"]),
                  se_resnet3d=dict(DEMO_NETWORKS[name]["se_resnet3d"]), progress=progress)
         return
-    if name in ("us_nodule_seg", "us_calcified_nodule", "us_lvlnm"):
+    if name in ("us_nodule_seg", "us_calcified_nodule", "us_lvlnm", "nm_graves_i131"):
         import importlib
 
         kwargs = {**copy.deepcopy(DEMO_RECIPES[name]), **copy.deepcopy(DEMO_NETWORKS[name])}

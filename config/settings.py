@@ -133,6 +133,20 @@ class USOptions(_Strict):
         return value
 
 
+GravesMode = Literal["if_graves", "always", "off"]
+
+
+class NMOptions(_Strict):
+    """Options of the NM pipeline (seed 003, then seed 001 on Graves' disease scintigrams)."""
+
+    # When seed 001 (nm_graves_i131: cure after a first I-131 therapy) runs on an NM image:
+    # "if_graves" (default): only where seed 003's predicted class is Graves' disease;
+    # "always": on every image seed 003 analysed; "off": never (its bundle is not even loaded).
+    # With "if_graves", a `models` mapping that names no nm_graves_i131 bundle (a config written
+    # before seed 001) runs seed 003 alone; "always" requires the bundle (checked at start-up).
+    graves_i131: GravesMode = "if_graves"
+
+
 class Settings(BaseSettings):
     """Everything the node, its workers and its tools are configured with."""
 
@@ -159,7 +173,9 @@ class Settings(BaseSettings):
         "us_nodule_seg": "demo",
         "us_calcified_nodule": "demo",
         "us_lvlnm": "demo",
+        "nm_graves_i131": "demo",
     }
+    nm: NMOptions = NMOptions()
     us: USOptions = USOptions()
     task_lease_s: float = Field(1800.0, gt=0)  # a route with no sign of its task this long is dispatched again
     export_max_retries: int = Field(40, ge=0)
@@ -188,6 +204,8 @@ class Settings(BaseSettings):
         names = [r.name for r in self.routes]
         if len(names) != len(set(names)):
             raise ValueError("routes: rule names must be unique")
+        if self.nm.graves_i131 == "always" and not self.models.get("nm_graves_i131"):
+            raise ValueError("nm.graves_i131 is 'always' but models names no nm_graves_i131 bundle")
         return self
 
     @classmethod

@@ -188,7 +188,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from pydicom import dcmread
 
     from dicom_node.route import route
-    from workers.infer import encode_files, get_pipeline
+    from workers.infer import encode_files, get_pipeline, pipeline_models
     from workers.models import load_models
 
     settings = _settings(args)
@@ -206,7 +206,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             log.info("a study matched no rule; skipped (use --pipeline to force one)")
         for pipeline_name, series in plan:
             pipeline = get_pipeline(pipeline_name)
-            models = load_models(pipeline.MODELS, settings)
+            models = load_models(pipeline_models(pipeline, settings), settings)
             companions = {c.upper() for c in getattr(pipeline, "COMPANION_MODALITIES", ())}
             series += [uid for uid, info in sorted(m.series.items())  # type: ignore[attr-defined]
                        if info.modality.upper() in companions and uid not in series]

@@ -18,7 +18,7 @@ from workers.models import load_models
 
 log = logging.getLogger(__name__)
 
-# pipeline name (as used in routing rules) -> module with MODELS, process()
+# pipeline name (as used in routing rules) -> module with MODELS (or models_for(settings)), process()
 PIPELINES = {
     "nm_thyroid_dx": "workers.pipelines.nm",
     "ct_lung_met_rai": "workers.pipelines.ct",
@@ -35,6 +35,19 @@ def get_pipeline(name: str) -> ModuleType:
         return importlib.import_module(PIPELINES[name])
     except KeyError:
         raise UnknownPipeline(f"no pipeline named {name!r}; known: {', '.join(sorted(PIPELINES))}") from None
+
+
+def pipeline_models(pipeline: ModuleType, settings: Settings) -> tuple[str, ...]:
+    """The zoo models a pipeline needs under these settings.
+
+    A pipeline whose models depend on its options (the NM pipeline: seed 001 only when
+    ``nm.graves_i131`` is not "off") provides ``models_for(settings)``; the others list
+    ``MODELS``.
+    """
+    models_for = getattr(pipeline, "models_for", None)
+    if models_for is not None:
+        return tuple(models_for(settings))
+    return tuple(pipeline.MODELS)
 
 
 def encode_files(objects: list[Dataset]) -> dict[str, bytes]:
@@ -83,7 +96,7 @@ def process_route(spool: Spool, settings: Settings, job_id: str, route_name: str
         log.info("job %s route %s: outputs already written (re-delivered task)", job_id, route_name)
         return True
     pipeline = get_pipeline(r["pipeline"])
-    models = load_models(pipeline.MODELS, settings)
+    models = load_models(pipeline_models(pipeline, settings), settings)
     series = input_series(spool, job_id, list(r["series"]), pipeline)
     # same input, same models, same destinations: already done; a new PACS or model version is not
     salt = "|".join(

@@ -21,6 +21,7 @@ LOADERS = {
     "us_nodule_seg": ("model_zoo.us_nodule_seg.model", "USNoduleSeg"),
     "us_calcified_nodule": ("model_zoo.us_calcified_nodule.model", "USCalcifiedNodule"),
     "us_lvlnm": ("model_zoo.us_lvlnm.model", "USLVLNM"),
+    "nm_graves_i131": ("model_zoo.nm_graves_i131.model", "NMGravesI131"),
 }
 
 

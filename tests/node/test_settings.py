@@ -65,3 +65,22 @@ def test_us_backbones_are_checked() -> None:
     for bad in ([], ["resnet"], ["xception", "xception"]):
         with pytest.raises(ConfigError, match="malignancy_backbones"):
             load_settings(us={"malignancy_backbones": bad})
+
+
+def test_nm_graves_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert s.nm.graves_i131 == "if_graves" and s.models["nm_graves_i131"] == "demo"
+    assert load_settings(EXAMPLE).nm.graves_i131 == "if_graves"
+    assert load_settings(nm={"graves_i131": "always"}).nm.graves_i131 == "always"
+    monkeypatch.setenv("THYROID_NODE_NM__GRAVES_I131", "off")
+    assert load_settings().nm.graves_i131 == "off"
+    monkeypatch.delenv("THYROID_NODE_NM__GRAVES_I131")
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("nm: {graves_i131: sometimes}\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert "  nm.graves_i131" in str(err.value)
+    # "always" needs the bundle; "if_graves" without one runs seed 003 alone
+    with pytest.raises(ConfigError, match="nm_graves_i131"):
+        load_settings(nm={"graves_i131": "always"}, models={"nm_thyroid_dx": "demo"})
+    assert load_settings(models={"nm_thyroid_dx": "demo"}).nm.graves_i131 == "if_graves"

@@ -83,6 +83,9 @@ class NMResults:
     study_instance_uid: str
     diagnoses: tuple[NMDiagnosis, ...] = ()
     not_analysable: tuple[NotAnalysable, ...] = ()
+    # seed 001 (nm_graves_i131) on some of the diagnosed images (see GravesOutcome); each names
+    # the same source (and frame) as one of ``diagnoses``
+    graves: tuple["GravesOutcome", ...] = ()
 
 
 # --- CT (seed 000): lung metastases of differentiated thyroid cancer -------------------------
@@ -214,3 +217,31 @@ class USResults:
     images: tuple[USImageUsed, ...] = ()
     nodules: tuple[USNodule, ...] = ()
     not_analysable: tuple[NotAnalysable, ...] = ()
+
+
+# --- NM (seed 001): cure after a first I-131 therapy of Graves' disease -------------------------
+
+
+@dataclass(frozen=True)
+class GravesOutcome:
+    """Seed-001 result for one pre-treatment scintigram that seed 003 also diagnosed.
+
+    Kept beside the diagnoses (``NMResults.graves``) rather than inside :class:`NMDiagnosis`:
+    another model, with its own identity, threshold and heatmap, run on a subset of the images
+    (those seed 003 calls Graves' disease, by default). ``source`` equals the matching
+    diagnosis' source (both models read the same frame through the same pre-processing).
+    """
+
+    source: SourceImage
+    model: ModelInfo
+    probability_cured: float  # random forest on the LASSO-selected deep features, 0..1
+    threshold: float  # the card's decision threshold on probability_cured
+    # Grad-CAM of the ResNet50's "cured" logit on the source frame's grid, float32 in [0, 1]
+    heatmap: np.ndarray = field(repr=False, compare=False)
+    frame_choice: str = ""
+    resnet_probability: float | None = None  # the end-to-end ResNet50's own P(cured), for the record
+
+    @property
+    def cured(self) -> bool:
+        """The yes/no evaluation: probability at or above the card's decision threshold."""
+        return self.probability_cured >= self.threshold

@@ -236,3 +236,15 @@ NODULE_CENTRE: Final[hd.sr.CodedConcept] = _private(
     "NODULE-CENTRE", "Nodule centre (source pixels)"
 )
 NO_NODULE_FOUND: Final[hd.sr.CodedConcept] = _private("NO-NODULE", "No thyroid nodule found")
+
+# --- NM (seed 001): cure after a first I-131 therapy of Graves' disease ----------------------
+# No standard code says "cured by a first I-131 therapy" (see model_zoo.nm_graves_i131.model:
+# SCT 765205004 "In remission" and 413322009 "Problem resolved" are statuses, not a predicted
+# outcome of one therapy), so the measurement and its yes/no evaluation are private (99THYAI);
+# the value of the evaluation is SCT Yes / No, as for the CT and US decisions.
+#: Measurement "Probability of cure after I-131 therapy" (seed 001; value 0..1, unit "1").
+PROBABILITY_I131_CURE: Final[hd.sr.CodedConcept] = probability_concept(
+    "i131_cure", Code(value="I131-CURE", scheme=PRIVATE_SCHEME, meaning="cure after I-131 therapy")
+)
+#: CODE evaluation: called cured (Yes / No) at the card's decision threshold.
+I131_CURE: Final[hd.sr.CodedConcept] = _private("I131-CURE", "Cure after first I-131 therapy")

@@ -1,4 +1,5 @@
-"""Grad-CAM heatmaps as Secondary Capture images: one per NM diagnosis, one per CT lesion.
+"""Grad-CAM heatmaps as Secondary Capture images: one per NM diagnosis, one per seed-001
+outcome (cure after I-131 therapy), one per CT lesion.
 
 The picture (see :mod:`workers.encode.heatmap_render`) is the source frame
 windowed to 8 bit, upscaled to 512 pixels on its long side, with the Grad-CAM
@@ -15,6 +16,11 @@ in magenta, and a legend with the lesion's number, side, largest diameter,
 volume, probability of RAI-refractory status, the yes/no decision at the
 card's threshold and both models' names and versions.
 
+For a seed-001 outcome (:func:`encode_graves_sc`) the picture is the same
+source frame with seed 001's Grad-CAM (the ResNet50's "cured" logit) and a
+legend with the probability of cure, the decision threshold, the yes/no
+decision and the model's name and version.
+
 DICOM choices
 -------------
 * SOP class Secondary Capture Image, RGB, 8 bit, Explicit VR Little Endian
@@ -28,6 +34,10 @@ DICOM choices
   derived from every slice of the series used and both models, the SOP
   Instance UID also from the lesion index, so all lesions of a study share one
   series.
+* Seed 001's SC: UIDs derived as for seed 003's but from seed 001's name and
+  version (and an ``i131-cure`` instance key), so they never meet seed 003's;
+  Series Number :data:`SC_GRAVES_SERIES_NUMBER` (9904; 9903 is the SEG
+  series): its own place in the PACS series list, after seed 003's heatmaps.
 * Series Number :data:`SC_SERIES_NUMBER` unless given; Instance Number the
   source frame number (1 for single-frame sources) unless given; CT: the
   lesion index.
@@ -75,13 +85,17 @@ from workers.encode.common import (
 from workers.encode.heatmap_render import LegendRow, LegendText, blend, compose, window_to_uint8
 from workers.encode.seg import check_lesions
 from workers.encode.uids import ObjectKind, OutputUIDs, output_uids
-from workers.pipelines.results import CTLesion, CTResults, ModelInfo, NMDiagnosis
+from workers.pipelines.results import CTLesion, CTResults, GravesOutcome, ModelInfo, NMDiagnosis
 
 logger = logging.getLogger(__name__)
 
 #: Series Number of the heatmap series: after the SR's 9901, fixed.
 SC_SERIES_NUMBER: Final[int] = 9902
 SC_SERIES_BASE: Final[str] = "AI thyroid Grad-CAM"
+#: Series Number of seed 001's heatmaps (cure after I-131 therapy): after seed 003's 9902 and
+#: the SEG series' 9903.
+SC_GRAVES_SERIES_NUMBER: Final[int] = 9904
+SC_GRAVES_SERIES_BASE: Final[str] = "AI Graves I-131 outcome Grad-CAM"
 SC_CT_SERIES_BASE: Final[str] = "AI thyroid CT lesion Grad-CAM"
 #: Lung window (center, width) in HU for the CT lesion pictures.
 LUNG_WINDOW: Final[tuple[float, float]] = (-600.0, 1500.0)
@@ -309,6 +323,116 @@ def encode_heatmap_sc(
     )
     logger.info(
         "encoded Grad-CAM SC %dx%d for model %s %s", sc.Columns, sc.Rows, model.name, model.version
+    )
+    return sc
+
+
+# --- NM seed 001: cure after a first I-131 therapy ------------------------------------------
+
+
+def _graves_legend(outcome: GravesOutcome, frame_number: int | None, frames: int) -> LegendText:
+    model = outcome.model
+    probability = float(np.clip(outcome.probability_cured, 0.0, 1.0))
+    decision = "YES" if outcome.cured else "NO"
+    relation = ">=" if outcome.cured else "<"
+    where = f"frame {frame_number} of {frames}" if frames > 1 else "single frame"
+    return LegendText(
+        title=model.title,
+        model_line=f"Model {model.name}, version {model.version}",
+        rows=(LegendRow("P(cure after I-131)", probability, outcome.cured),),
+        source_line=f"Source: {where}. AI output, not verified by a physician.",
+        disclaimer=model.disclaimer,
+        details=(
+            f"Seed 001: probability of cure after I-131 {probability * 100:.1f} %, "
+            f"threshold {outcome.threshold * 100:.1f} %",
+        ),
+        prediction=(
+            f"Cured by first I-131 therapy: {decision} (p = {probability * 100:.1f}% {relation} "
+            f"threshold {outcome.threshold * 100:.1f}%)"
+        ),
+    )
+
+
+def encode_graves_sc(
+    outcome: GravesOutcome,
+    source: pydicom.Dataset,
+    *,
+    content_datetime: datetime.datetime,
+    software_version: str,
+    manufacturer: str = DEFAULT_MANUFACTURER,
+    series_number: int = SC_GRAVES_SERIES_NUMBER,
+    instance_number: int | None = None,
+) -> hd.sc.SCImage:
+    """Render one seed-001 outcome's Grad-CAM over its source frame as a Secondary Capture.
+
+    Parameters
+    ----------
+    outcome : GravesOutcome
+        The result; its heatmap has the source frame's shape, values in [0, 1].
+    source : pydicom.Dataset
+        The source instance the outcome names, with pixel data.
+    content_datetime : datetime.datetime
+        Content Date/Time of the image (and every other time stamp in it).
+    software_version : str
+        Version of the node's software.
+    manufacturer : str, optional
+        Manufacturer of the node.
+    series_number : int, optional
+        Series Number; :data:`SC_GRAVES_SERIES_NUMBER` by default.
+    instance_number : int, optional
+        Instance Number; the source frame number (or 1) by default.
+
+    Returns
+    -------
+    highdicom.sc.SCImage
+        RGB secondary capture in the source study, in a series of its own.
+
+    Raises
+    ------
+    ValueError
+        If the source is not the one the outcome names, the frame number is
+        missing or out of range, or the heatmap's shape or values are wrong.
+    """
+    select_source([source], outcome.source)
+    model = outcome.model
+    frame, ref_frame = _frame(source, outcome.source.frame_number)
+    heatmap = np.asarray(outcome.heatmap, dtype=np.float32)
+    if heatmap.shape != frame.shape:
+        raise ValueError(f"heatmap shape {heatmap.shape} differs from the frame's {frame.shape}")
+    if not np.all(np.isfinite(heatmap)):
+        raise ValueError("heatmap holds NaN or infinite values")
+    pixels = compose(
+        blend(window_to_uint8(frame, _window(source)), np.clip(heatmap, 0.0, 1.0)),
+        _graves_legend(outcome, outcome.source.frame_number, number_of_frames(source)),
+    )
+    uids = output_uids(
+        ObjectKind.SC,
+        source.StudyInstanceUID,
+        [source.SOPInstanceUID],
+        model.name,
+        model.version,
+        instance_key=f"i131-cure/frame={outcome.source.frame_number or 1}",
+    )
+    sc = secondary_capture(
+        source,
+        pixels,
+        uids=uids,
+        models=[model],
+        description_model=model,
+        series_base=SC_GRAVES_SERIES_BASE,
+        series_number=series_number,
+        instance_number=instance_number or outcome.source.frame_number or 1,
+        orientation=_patient_orientation(source),
+        ref_frame=ref_frame,
+        derivation=(
+            f"Grad-CAM (cured logit) of {model.name} {model.version} blended over the source frame"
+        ),
+        content_datetime=content_datetime,
+        manufacturer=manufacturer,
+        software_version=software_version,
+    )
+    logger.info(
+        "encoded I-131 outcome SC %dx%d for model %s %s", sc.Columns, sc.Rows, model.name, model.version
     )
     return sc
 

@@ -19,6 +19,17 @@ Document layout (all built with highdicom's template classes)::
           TEXT qualitative evaluations (TID 1501 row 12): frame selection,
             disclaimer when demo
           Source Image for Measurement Group (+ frame number when given)
+        right after it, when seed 001 ran on that image (GravesOutcome), a second
+        Measurement Group (TID 1501) with its own tracking identifier:
+          Tracking Identifier "Thyroid AI I-131 outcome <n>" + Tracking UID
+          Finding Site = (69748006, SCT, "Thyroid structure")
+          Algorithm Identification (TID 4019): seed 001's name, version, weights
+          "Probability of cure after I-131 therapy" (99THYAI P-I131_CURE),
+            value 0..1, unit (1, UCUM, "no units"), with seed 001's algorithm
+          CODE evaluation "Cure after first I-131 therapy" (99THYAI) = Yes / No
+            (SCT) at the card's decision threshold
+          TEXT evaluations: decision threshold, disclaimer when demo
+          Source Image for Measurement Group: the same image (and frame)
         per NotAnalysable, one Measurement Group:
           Tracking Identifier, Finding Site, Algorithm Identification
           CODE evaluation "AI analysis result" = "Not analysable" (99THYAI)
@@ -42,6 +53,16 @@ Choices
   :data:`SR_SERIES_NUMBER`; Series/SOP Instance UIDs derived from study,
   sources, model name and version (:mod:`workers.encode.uids`), so a re-run
   replaces the earlier document.
+* Seed 001 in a group of its own rather than rows added to seed 003's group:
+  every row of a TID 1501 group inherits the group's Algorithm Identification
+  and Tracking Identifier, and a viewer (OHIF's SR viewport, dsrdump) lists
+  one finding per group; a separate group keeps each yes/no evaluation and
+  threshold next to the one model it belongs to.
+* Two models: when seed 001 ran, the device observer, the UIDs and the Series
+  Description use :func:`workers.encode.common.combined_model` of seed 003 and
+  seed 001 (as the CT SR does for its two models), and the Contributing
+  Equipment names each model in an item of its own.  Without seed-001 results
+  the document is exactly seed 003's (same UIDs as before seed 001 existed).
 * Times: Content Date/Time, Instance Creation Date/Time and the processing
   equipment's Contribution DateTime all come from ``content_datetime``: the
   same input gives a byte-identical file.
@@ -63,6 +84,7 @@ from pydicom.sr.codedict import codes
 from workers.encode import codes as thy_codes
 from workers.encode.common import (
     DEFAULT_MANUFACTURER,
+    combined_model,
     number_of_frames,
     pin_datetimes,
     processing_equipment,
@@ -71,6 +93,7 @@ from workers.encode.common import (
 )
 from workers.encode.uids import ObjectKind, device_uid, output_uids, tracking_uid
 from workers.pipelines.results import (
+    GravesOutcome,
     ModelInfo,
     NMDiagnosis,
     NMResults,
@@ -115,6 +138,13 @@ def _model_of(results: NMResults) -> ModelInfo:
     if len(models) != 1:
         raise ValueError(f"an SR holds the results of exactly one model, got {len(models)}")
     return models.pop()
+
+
+def _graves_model_of(results: NMResults) -> ModelInfo | None:
+    models = {g.model for g in results.graves}
+    if len(models) > 1:
+        raise ValueError(f"seed-001 outcomes of {len(models)} models in one study")
+    return models.pop() if models else None
 
 
 def _source_ref(source: SourceImage, ds: pydicom.Dataset) -> hd.sr.SourceImageForMeasurementGroup:
@@ -211,6 +241,46 @@ def _diagnosis_group(
     )
 
 
+def _graves_group(
+    outcome: GravesOutcome, index: int, ds: pydicom.Dataset, sop_uid: str, manufacturer: str
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The seed-001 group of one image: probability of cure, yes/no, threshold."""
+    value = float(outcome.probability_cured)
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"probability of cure is {value}, not in [0, 1]")
+    if not (math.isfinite(outcome.threshold) and 0.0 <= outcome.threshold <= 1.0):
+        raise ValueError(f"decision threshold is {outcome.threshold}, not in [0, 1]")
+    algorithm = algorithm_identification(outcome.model, manufacturer)
+    evaluations: list[hd.sr.QualitativeEvaluation] = [
+        hd.sr.QualitativeEvaluation(
+            name=thy_codes.I131_CURE, value=thy_codes.YES if outcome.cured else thy_codes.NO
+        ),
+        TextQualitativeEvaluation(
+            thy_codes.DECISION_THRESHOLD,
+            f"{outcome.threshold:.3f} (probability of cure at or above it: cured)",
+        ),
+        *disclaimer_evaluations(outcome.model),
+    ]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid(sop_uid, "graves/" + _group_key(outcome.source)),
+            identifier=f"Thyroid AI I-131 outcome {index}",
+        ),
+        finding_sites=[hd.sr.FindingSite(anatomic_location=thy_codes.THYROID_STRUCTURE)],
+        algorithm_id=algorithm,
+        measurements=[
+            hd.sr.Measurement(
+                name=thy_codes.PROBABILITY_I131_CURE,
+                value=value,
+                unit=thy_codes.NO_UNITS,
+                algorithm_id=algorithm,
+            )
+        ],
+        qualitative_evaluations=evaluations,
+        source_images=[_source_ref(outcome.source, ds)],
+    )
+
+
 def is_image(ds: pydicom.Dataset) -> bool:
     """Whether a source can be referenced as an IMAGE (has the Image Pixel module)."""
     return "Rows" in ds and "Columns" in ds
@@ -281,7 +351,8 @@ def encode_nm_sr(
     Parameters
     ----------
     results : NMResults
-        Diagnoses and not-analysable verdicts of one study, from one model.
+        Diagnoses and not-analysable verdicts of one study, from one model (seed 003),
+        and seed 001's outcomes on some of the diagnosed images (from one model).
     sources : Sequence[pydicom.Dataset]
         The source datasets (pixel data not needed); every instance a result
         names must be among them.  Patient and study modules are copied from
@@ -303,11 +374,21 @@ def encode_nm_sr(
     ValueError
         If there is nothing to report, results of several models are mixed,
         a source is missing or lies in another study, no source is an image,
-        a frame number is out of range, or a probability lies outside [0, 1].
+        a frame number is out of range, a probability lies outside [0, 1], or a
+        seed-001 outcome names an image (frame) no diagnosis names.
     """
     if not results.diagnoses and not results.not_analysable:
         raise ValueError("no results to encode")
-    model = _model_of(results)
+    dx_model = _model_of(results)
+    graves_model = _graves_model_of(results)
+    models = [dx_model] if graves_model is None else [dx_model, graves_model]
+    model = dx_model if graves_model is None else combined_model(dx_model, graves_model)
+    graves_by_key = {_group_key(g.source): g for g in results.graves}
+    if len(graves_by_key) != len(results.graves):
+        raise ValueError("two seed-001 outcomes for one image")
+    unmatched = set(graves_by_key) - {_group_key(d.source) for d in results.diagnoses}
+    if unmatched:
+        raise ValueError(f"seed-001 outcome(s) for image(s) without a diagnosis: {sorted(unmatched)}")
     named: list[SourceImage] = [d.source for d in results.diagnoses]
     named += [n.source for n in results.not_analysable]
     for src in named:
@@ -325,10 +406,15 @@ def encode_nm_sr(
     )
     sop_uid = uids.sop_instance_uid
 
-    groups = [
-        _diagnosis_group(d, i, by_uid[d.source.sop_instance_uid], sop_uid, manufacturer)
-        for i, d in enumerate(results.diagnoses, start=1)
-    ]
+    groups = []
+    n_graves = 0
+    for i, d in enumerate(results.diagnoses, start=1):
+        ds = by_uid[d.source.sop_instance_uid]
+        groups.append(_diagnosis_group(d, i, ds, sop_uid, manufacturer))
+        outcome = graves_by_key.get(_group_key(d.source))
+        if outcome is not None:
+            n_graves += 1
+            groups.append(_graves_group(outcome, n_graves, ds, sop_uid, manufacturer))
     groups += [
         not_analysable_group(n, i, by_uid[n.source.sop_instance_uid], sop_uid, manufacturer)
         for i, n in enumerate(results.not_analysable, start=1)
@@ -352,14 +438,15 @@ def encode_nm_sr(
         is_verified=False,
         contributing_equipment=[
             processing_equipment(
-                model,
+                m,
                 manufacturer=manufacturer,
                 software_version=software_version,
                 content_datetime=content_datetime,
             )
+            for m in models
         ],
         series_description=series_description(SR_SERIES_BASE, model),
-        manufacturer_model_name=model.name,
+        manufacturer_model_name=model.name[:64],
         software_versions=software_version,
         content_date=content_datetime.date(),
         content_time=content_datetime.time(),
@@ -367,8 +454,10 @@ def encode_nm_sr(
     )
     pin_datetimes(sr, content_datetime)
     logger.info(
-        "encoded NM SR: %d diagnosis group(s), %d not-analysable group(s), model %s %s",
+        "encoded NM SR: %d diagnosis group(s), %d I-131 outcome group(s), "
+        "%d not-analysable group(s), model %s %s",
         len(results.diagnoses),
+        n_graves,
         len(results.not_analysable),
         model.name,
         model.version,

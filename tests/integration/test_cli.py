@@ -9,7 +9,7 @@ from pathlib import Path
 from pydicom import dcmread
 
 from model_zoo.phantoms.nm import write_nm_study
-from tests.integration.sr_read import findings, referenced_sop_instances
+from tests.integration.sr_read import findings, numeric_values, referenced_sop_instances
 from tests.peers import dciodvfy_errors
 
 
@@ -40,10 +40,15 @@ def test_replay_writes_valid_outputs_with_the_phantom_class(tmp_path: Path) -> N
     proc = _cli("replay", "--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     outputs = sorted((tmp_path / "out").glob("*.dcm"))
-    assert len(outputs) == 2
-    by_modality = {dcmread(p).Modality: p for p in outputs}
-    sr = dcmread(by_modality["SR"])
+    # seed 003's SR and heatmap, and (on defaults, the image being Graves') seed 001's heatmap
+    assert len(outputs) == 3
+    by_modality: dict[str, list[Path]] = {}
+    for p in outputs:
+        by_modality.setdefault(str(dcmread(p).Modality), []).append(p)
+    assert len(by_modality["OT"]) == 2
+    sr = dcmread(by_modality["SR"][0])
     assert findings(sr) == [codes["graves"]]
+    assert "Probability of cure after I-131 therapy" in numeric_values(sr)
     assert dcmread(src).SOPInstanceUID in referenced_sop_instances(sr)
     for path in outputs:
         assert dciodvfy_errors(path) == []

@@ -47,7 +47,7 @@ from model_zoo.cam import grad_cam
 from model_zoo.card import Label, ModelCard
 from model_zoo.errors import BundleError, InputRejected
 from model_zoo.nm_thyroid_dx.preprocess import prepare
-from model_zoo.us_lvlnm.model import skops_types
+from model_zoo.fitted import skops_types
 
 logger = logging.getLogger(__name__)
 

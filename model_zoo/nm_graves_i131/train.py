@@ -23,7 +23,7 @@ Recipe (paper -> demo):
 * random forest: :class:`sklearn.ensemble.RandomForestClassifier` (:data:`RANDOM_FOREST`,
   ``random_state=seed``) on the selected standardised features;
 * decision threshold: Youden's J on 5-fold out-of-fold forest probabilities of the training set,
-  midway in the gap below the lowest maximiser (:func:`model_zoo.us_lvlnm.train.youden_midpoint`);
+  midway in the gap below the lowest maximiser (:func:`model_zoo.validation.stats.youden_midpoint`);
 * reported on the held-out phantoms: the forest's AUC (DeLong 95 % CI), accuracy, sensitivity,
   specificity, PPV, NPV at the threshold; the ResNet's own AUC (the paper's "ResNet50") and the
   DeLong test between the two.
@@ -67,7 +67,7 @@ from model_zoo.nm_graves_i131.model import (
 from model_zoo.nm_thyroid_dx.preprocess import NORMALISATION, normalise
 from model_zoo.phantoms.nm_graves import CURE_AREA_CUTOFF_MM2, LABEL_NOISE, GravesPhantom, graves_case, graves_dataset
 from model_zoo.progress import ProgressFn, reporter
-from model_zoo.us_lvlnm.train import youden_midpoint
+from model_zoo.validation.stats import youden_midpoint
 from model_zoo.validation.stats import auc_delong, binary_metrics, delong_test
 
 logger = logging.getLogger(__name__)

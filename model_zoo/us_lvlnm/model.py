@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import threading
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -44,6 +43,7 @@ from sklearn.preprocessing import StandardScaler
 
 from model_zoo.bundle import Bundle
 from model_zoo.card import Label, ModelCard
+from model_zoo.fitted import skops_types
 from model_zoo.errors import BundleError, InputRejected
 from model_zoo.nets.densenet2d import PENULTIMATE_FEATURES, DenseNetClassifier, densenet_classifier, penultimate_features
 from model_zoo.us_lvlnm.radiomics import LIGHT_PARAMS, RadiomicsExtractor
@@ -202,23 +202,6 @@ def save_fitted(folder: Path, parts: FittedParts) -> None:
     sio.dump({"pca": parts.pca, "scaler": parts.scaler, "mlp": parts.mlp}, folder / FITTED_FILE)
     names = {"feature_names": list(parts.feature_names), "selected": list(parts.selected)}
     (folder / SELECTED_FILE).write_text(json.dumps(names, indent=1) + "\n", encoding="utf-8")
-
-
-def skops_types(path: Path) -> set[str]:
-    """``module.Class`` of every node of a skops file's schema (objects, arrays, referenced types)."""
-    with zipfile.ZipFile(path) as archive:
-        schema = json.loads(archive.read("schema.json"))
-    found: set[str] = set()
-    stack: list[Any] = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if "__module__" in node and "__class__" in node:
-                found.add(f"{node['__module__']}.{node['__class__']}")
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return found
 
 
 def load_fitted(folder: Path, ident: str) -> FittedParts:

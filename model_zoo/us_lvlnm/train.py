@@ -23,7 +23,7 @@ Recipe (paper -> demo):
 * MLP (:class:`sklearn.neural_network.MLPClassifier`, one hidden layer of 32, L-BFGS, L2 1e-2,
   ``random_state=seed``) on the selected standardised features;
 * decision threshold: Youden's J on 5-fold out-of-fold MLP probabilities of the training set
-  (:func:`youden_midpoint`);
+  (:func:`model_zoo.validation.stats.youden_midpoint`);
 * reported: AUC (DeLong 95 % CI), accuracy, sensitivity, specificity, PPV, NPV on the held-out
   phantoms (same mix), the AUC on their carcinomas only (the paper's population), the share of
   held-out benign nodules called lvlnm, and the fine-tuned DenseNet's own held-out AUC (the
@@ -48,7 +48,6 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LassoCV, lasso_path
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.neural_network import MLPClassifier
-from sklearn.metrics import roc_curve
 from sklearn.preprocessing import StandardScaler
 
 from model_zoo.bundle import CARD_PATH, DOCS_PATH, load_bundle, sha256_file
@@ -75,7 +74,7 @@ from model_zoo.us_lvlnm.model import (
     standardise,
 )
 from model_zoo.us_lvlnm.radiomics import LIGHT_PARAMS, RadiomicsExtractor
-from model_zoo.validation.stats import auc_delong, binary_metrics
+from model_zoo.validation.stats import auc_delong, binary_metrics, youden_midpoint
 
 logger = logging.getLogger(__name__)
 
@@ -202,17 +201,6 @@ def _lasso(z: np.ndarray, y: np.ndarray, names: list[str], seed: int) -> tuple[l
         first = next(k for k in range(coefs.shape[1]) if np.any(coefs[:, k]))
         coef = coefs[:, first]
     return select_features(coef, names), float(lasso.alpha_)
-
-
-def youden_midpoint(y: np.ndarray, p: np.ndarray) -> float:
-    """A threshold of maximal Youden's J, placed midway between the lowest J-maximising score and
-    the next lower score (the same calls on ``p``, the widest margin below): with separable
-    out-of-fold scores the plain rule would sit on the weakest positive."""
-    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
-    j = tpr[1:] - fpr[1:]
-    t_lo = float(thresholds[1:][np.isclose(j, j.max(), rtol=0.0, atol=1e-12)].min())
-    below = p[p < t_lo]
-    return (t_lo + float(below.max())) / 2.0 if below.size else t_lo
 
 
 def _metrics(y: np.ndarray, p: np.ndarray, threshold: float, prefix: str) -> dict[str, Any]:

@@ -37,7 +37,8 @@ from model_zoo.us_lvlnm.model import (
     standardise,
 )
 from model_zoo.us_lvlnm.radiomics import LIGHT_PARAMS, RadiomicsExtractor
-from model_zoo.us_lvlnm.train import augment, cohort, select_features, train, youden_midpoint
+from model_zoo.us_lvlnm.train import augment, cohort, select_features, train
+from model_zoo.validation.stats import youden_midpoint
 from model_zoo.validation.stats import auc_delong
 
 TINY_NET = {"init_features": 8, "growth_rate": 4}

@@ -222,3 +222,13 @@ def test_youden_threshold_matches_brute_force() -> None:
     # J = 1/2 at 0.8 and at 0.35: the higher threshold wins.
     assert youden_threshold([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.8
     assert youden_threshold([0, 0, 1, 1], [0.1, 0.2, 0.7, 0.8]) == 0.7
+
+
+def test_youden_midpoint_sits_in_the_gap_below_the_best_threshold() -> None:
+    from model_zoo.validation.stats import youden_midpoint, youden_threshold
+
+    y, p = np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.9, 0.95])
+    assert youden_threshold(y, p) == pytest.approx(0.9)
+    assert youden_midpoint(y, p) == pytest.approx(0.55)  # same calls, the widest margin
+    with pytest.raises(ValueError):
+        youden_midpoint(np.array([1, 1]), np.array([0.2, 0.3]))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import highdicom as hd
@@ -25,9 +24,6 @@ from workers.encode.uids import lesion_tracking_uid
 from workers.pipelines.results import USResults
 
 DISCLAIMER = "DEMO - not for clinical use"
-needs_dciodvfy = pytest.mark.skipif(
-    shutil.which("dciodvfy") is None, reason="dciodvfy not installed (make peers)"
-)
 
 
 def _encode(results: USResults, sources: list[pydicom.Dataset]) -> list[bytes]:
@@ -157,7 +153,6 @@ def test_segment_pixels_are_the_nodule_masks(
     np.testing.assert_array_equal(pixels[0, ..., 0].astype(bool), us_builders.nodule_mask(4))
 
 
-@needs_dciodvfy
 def test_segs_pass_dciodvfy(
     encoded: tuple[list[pydicom.Dataset], USResults, list[bytes]], tmp_path: Path
 ) -> None:
@@ -166,7 +161,6 @@ def test_segs_pass_dciodvfy(
         assert dciodvfy_errors(write(tmp_path, f"seg{i}.dcm", raw)) == []
 
 
-@needs_dciodvfy
 def test_sources_pass_dciodvfy(tmp_path: Path) -> None:
     for i, ds in enumerate(us_builders.study()):
         assert dciodvfy_errors(write(tmp_path, f"us{i}.dcm", to_bytes(ds))) == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import highdicom as hd
@@ -21,10 +20,6 @@ from workers.encode.sr_us import UNCALIBRATED_TEXT, encode_us_sr
 from workers.pipelines.results import USResults
 
 DISCLAIMER = "DEMO - not for clinical use"
-needs_dcmtools = pytest.mark.skipif(
-    shutil.which("dciodvfy") is None or shutil.which("dsrdump") is None,
-    reason="dciodvfy / dsrdump not installed (make peers)",
-)
 
 Encoded = tuple[list[pydicom.Dataset], USResults, list[pydicom.Dataset], bytes]
 
@@ -231,7 +226,6 @@ def test_without_seg_the_outline_is_a_polyline(outlined: Encoded) -> None:
         assert not _items(group[0], "IMAGE", "Referenced Segmentation Frame")
 
 
-@needs_dcmtools
 @pytest.mark.parametrize("which", ["encoded", "outlined"])
 def test_sr_passes_dciodvfy_and_dsrdump(
     which: str, request: pytest.FixtureRequest, tmp_path: Path

@@ -7,7 +7,9 @@ A validation folder holds DICOM files (any layout, read recursively) and ``label
 * ``ct_lung_met_rai``: one row per lesion, ``study_instance_uid,x_mm,y_mm,z_mm,diameter_mm,refractory``
   (centre in patient coordinates, LPS; ``refractory`` 1 or 0). A found lesion matches the labelled
   one whose centre is nearest, within half its diameter and at least 5 mm; labelled lesions with
-  no match count as missed (detection sensitivity) and are left out of the classifier's figures.
+  no match count as missed (detection sensitivity) and are left out of the classifier's figures;
+* ``nm_graves_i131``: one row per study of a Graves' patient, ``study_instance_uid,cured`` with
+  ``cured`` 1 (cured by the first I-131 therapy) or 0.
 
 The pipelines run exactly as in the node (:mod:`workers.pipelines`), without Celery or network.
 """
@@ -161,4 +163,41 @@ def collect_ct(bundle_path: Path, data_dir: Path) -> Collected:
                      np.asarray(probs, float), ("avid", "refractory"), threshold, np.asarray(sizes, float), detection)
 
 
-COLLECTORS = {"nm_thyroid_dx": collect_nm, "ct_lung_met_rai": collect_ct}
+def collect_graves(bundle_path: Path, data_dir: Path) -> Collected:
+    """Probabilities of cure after I-131 (seed 001), one per labelled study of a Graves' patient.
+
+    Every labelled study is scored (the site labels Graves' patients), not only those seed 003
+    would call Graves' disease; the image is the first one the model accepts, with seed 003's
+    frame choice.
+    """
+    loaded = load("nm_graves_i131", bundle_path)
+    rows = read_labels(data_dir, ("study_instance_uid", "cured"))
+    studies = read_studies(data_dir)
+    y, probs = [], []
+    for row in rows:
+        uid = row["study_instance_uid"].strip()
+        if uid not in studies:
+            raise ValidationDataError(f"{LABELS_FILE}: study {uid} has no DICOM files in {data_dir}")
+        cured = row["cured"].strip().lower()
+        if cured not in ("0", "1", "true", "false", "yes", "no"):
+            raise ValidationDataError(f"{LABELS_FILE}: cured must be 1 or 0, got {row['cured']!r}")
+        prediction = None
+        for ds in sorted(studies[uid], key=lambda d: str(d.SOPInstanceUID)):
+            if str(ds.get("Modality", "")) != "NM":
+                continue
+            try:
+                prediction = loaded.impl.predict(ds)
+                break
+            except ModelZooError as exc:
+                logger.warning("study %s…: an image was refused (%s)", uid[-12:], exc)
+        if prediction is None:
+            logger.warning("study %s… not analysable: left out", uid[-12:])
+            continue
+        y.append(1 if cured in ("1", "true", "yes") else 0)
+        probs.append(float(prediction.probability_cured))
+    threshold = float(loaded.card.decision_thresholds.get("cured", 0.5))
+    return Collected("nm_graves_i131", loaded.card.version, bool(loaded.card.demo), np.asarray(y, int),
+                     np.asarray(probs, float), ("not_cured", "cured"), threshold)
+
+
+COLLECTORS = {"nm_thyroid_dx": collect_nm, "ct_lung_met_rai": collect_ct, "nm_graves_i131": collect_graves}

@@ -126,3 +126,31 @@ def test_train_refuses_a_model_without_site_training(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "dicom_node.cli", "train", "ct_lung_met_rai", "--data", str(tmp_path),
                            "--out", str(tmp_path / "b")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "build-demo" in done.stderr
+
+
+def test_graves_i131_report_matches_the_labels(tmp_path: Path) -> None:
+    from model_zoo.phantoms.nm_graves import graves_case, write_graves_study
+
+    data = tmp_path / "graves"
+    rows = []
+    seed = 7700
+    for cured in (True, False) * 5:
+        while graves_case(seed, cured).noisy:  # a label the phantom's noise flipped is no ground truth
+            seed += 1
+        path = write_graves_study(data / f"s{seed}", seed, cured)
+        rows.append({"study_instance_uid": str(dcmread(path).StudyInstanceUID), "cured": int(cured)})
+        seed += 1
+    with open(data / "labels.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["study_instance_uid", "cured"])
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "report"
+    done = _validate("nm_graves_i131", "--data", str(data), "--bundle", "demo", "--compare", "demo",
+                     "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    (tn, fp), (fn, tp) = report["confusion_matrix"]
+    assert tn + fp == 5 and fn + tp == 5  # rows: truth
+    assert report["accuracy"] == pytest.approx((tn + tp) / 10)
+    assert report["accuracy"] >= 0.7 and report["auc"]["auc"] >= 0.8  # demo model, unseen phantoms
+    assert report["comparison"]["p_value"] == pytest.approx(1.0)  # a bundle against itself

@@ -332,12 +332,9 @@ def test_inconsistent_selection_and_card_are_refused(tiny_bundle: Path, tmp_path
 
 @pytest.fixture(scope="module")
 def demo() -> Bundle:
-    from model_zoo.demo import demo_bundle_path
+    from model_zoo.demo import ensure_demo_bundle
 
-    try:
-        bundle = load_bundle(demo_bundle_path("nm_graves_i131"))
-    except BundleError as exc:
-        pytest.skip(f"nm_graves_i131 demo bundle not built ({exc})")
+    bundle = load_bundle(ensure_demo_bundle("nm_graves_i131"))  # cached, or built (about 30 s)
     return bundle
 
 

@@ -335,12 +335,9 @@ def test_card_section_is_required(tiny_bundle: Path, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def demo() -> Bundle:
-    from model_zoo.demo import demo_bundle_path
+    from model_zoo.demo import ensure_demo_bundle
 
-    try:
-        bundle = load_bundle(demo_bundle_path("us_lvlnm"))
-    except BundleError as exc:
-        pytest.skip(f"us_lvlnm demo bundle not built ({exc})")
+    bundle = load_bundle(ensure_demo_bundle("us_lvlnm"))  # cached, or built (about 1 min)
     return bundle
 
 

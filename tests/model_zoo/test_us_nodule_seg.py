@@ -17,7 +17,7 @@ from monai.networks.nets import UNet
 
 from model_zoo.bundle import CARD_PATH, DOCS_PATH, Bundle, load_bundle
 from model_zoo.card import ModelCard
-from model_zoo.demo import demo_bundle_path
+from model_zoo.demo import ensure_demo_bundle
 from model_zoo.errors import BundleError, InputRejected
 from model_zoo.phantoms.us import USPhantom, us_phantom
 from model_zoo.us_nodule_seg.model import (
@@ -280,11 +280,7 @@ def test_unusable_regions_are_rejected(tiny: USNoduleSeg) -> None:
 # -- the demo bundle ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def demo() -> USNoduleSeg:
-    path = demo_bundle_path("us_nodule_seg")
-    try:
-        bundle = load_bundle(path)
-    except BundleError as exc:
-        pytest.skip(f"no valid us_nodule_seg demo bundle at {path} ({exc})")
+    bundle = load_bundle(ensure_demo_bundle("us_nodule_seg"))  # cached, or built (about 2 min)
     return USNoduleSeg.from_bundle(bundle, "cpu")
 
 

@@ -6,7 +6,8 @@ check-config  validate a config file and print the effective settings
 route         --dry-run DIR: which rule each study in a folder would take
 replay        run a pipeline on a folder of DICOM files, write the outputs as .dcm (no broker, no network)
 models        list | verify [PATH] | install PATH: the model bundles, checked (card, sha256)
-train         MODEL --data DIR --out BUNDLE: train on a site's labelled studies (nm_thyroid_dx)
+train         MODEL --data DIR --out BUNDLE: train a zoo model on a site's labelled studies
+phantoms      MODEL --out DIR: a labelled phantom folder (known truth) to try train and validate on
 validate      MODEL --data DIR: the papers' statistics on a site's labelled studies (HTML + JSON)
 build-demo    train the phantom demo weights of a zoo model into the cache
 """
@@ -254,36 +255,49 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- train
-TRAINABLE = ("nm_thyroid_dx",)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a zoo model on a site's labelled folder into a bundle (then validate, then install)."""
+    from model_zoo import site_training
     from model_zoo.bundle import load_bundle
     from model_zoo.errors import ModelZooError
 
     _setup_logging("INFO")
-    if args.model not in TRAINABLE:
-        print(f"thyroid-node: training on site data is implemented for {', '.join(TRAINABLE)}; "
-              f"{args.model} has only its phantom demo (thyroid-node build-demo {args.model})", file=sys.stderr)
+    if args.model not in site_training.TRAINERS:
+        print(f"thyroid-node: no training for {args.model!r}; known: {', '.join(site_training.TRAINERS)}",
+              file=sys.stderr)
         return 2
-    from model_zoo.nm_thyroid_dx.site import train_site
-
     started = time.monotonic()
 
     def show(frac: float, msg: str) -> None:
         print(f"[{100 * frac:5.1f}%] {time.monotonic() - started:6.1f} s  {msg}", flush=True)
 
+    opts = site_training.TrainOptions(
+        data_dir=Path(args.data), out_dir=Path(args.out), version=args.version, epochs=args.epochs, seed=args.seed,
+        holdout=args.holdout, folds=args.folds, resume=args.resume, device=args.device, progress=show)
     try:
-        out = train_site(Path(args.data), Path(args.out), version=args.version, epochs=args.epochs, seed=args.seed,
-                         holdout=args.holdout, progress=show)
+        out = site_training.train(args.model, opts)
         card = load_bundle(out).card
     except ModelZooError as exc:
         print(f"thyroid-node: {exc}", file=sys.stderr)
         return 1
-    print(f"bundle {card.ident} written to {out}; held-out: {card.reported_performance.get('heldout_phantom_accuracy')} "
-          f"accuracy on {card.reported_performance.get('heldout_n')} images. Next: thyroid-node validate "
-          f"{card.name} --data DIR --bundle {out}, then thyroid-node models install {out}")
+    print(f"bundle {card.ident} written to {out} in {time.monotonic() - started:.0f} s; held-out: "
+          f"{json.dumps(card.reported_performance.get('heldout', card.reported_performance))}\n"
+          f"Next: thyroid-node validate {card.name} --data DIR --bundle {out}, then thyroid-node models install {out}")
+    return 0
+
+
+def cmd_phantoms(args: argparse.Namespace) -> int:
+    """Write a labelled phantom folder (known truth) in the layout train and validate read."""
+    from model_zoo import site_training
+    from model_zoo.errors import ModelZooError
+
+    _setup_logging("WARNING")
+    try:
+        folder = site_training.write_phantoms(args.model, Path(args.out), args.n, args.seed)
+    except ModelZooError as exc:
+        print(f"thyroid-node: {exc}", file=sys.stderr)
+        return 2
+    print(f"phantom studies for {args.model} with labels.csv in {folder} (synthetic: not patient data)")
     return 0
 
 
@@ -376,13 +390,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", help="a bundle folder (verify, install)")
     p.add_argument("--force", action="store_true", help="install: replace the same name and version")
     p = add("train", cmd_train, "train a zoo model on a site's labelled studies into a bundle")
-    p.add_argument("model", help="zoo key (nm_thyroid_dx)")
+    p.add_argument("model", help="zoo key (thyroid-node models list)")
     p.add_argument("--data", required=True, metavar="DIR", help="DICOM files and labels.csv (docs/validation.md)")
     p.add_argument("--out", required=True, metavar="BUNDLE_DIR")
     p.add_argument("--version", default="1.0.0-site", help="the bundle's version (appears in every output)")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the model's recipe)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the split, the initialisation and the augmentation")
     p.add_argument("--holdout", type=float, default=0.2, help="fraction of studies per class held out")
+    p.add_argument("--folds", type=int, default=0, help="k-fold cross-validation by study before the final fit (0: none)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p = add("phantoms", cmd_phantoms, "write a labelled phantom folder (synthetic, known truth) to try train/validate")
+    p.add_argument("model", help="zoo key")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--n", type=int, default=12, help="number of studies")
+    p.add_argument("--seed", type=int, default=9000)
     p = add("validate", cmd_validate, "run a model over labelled studies; the papers' statistics as HTML + JSON")
     p.add_argument("model", help="zoo key: nm_thyroid_dx or ct_lung_met_rai")
     p.add_argument("--data", required=True, metavar="DIR", help="DICOM files and labels.csv (see docs/validation.md)")

@@ -17,13 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydicom import dcmread
 
 from model_zoo.errors import InputRejected
 from model_zoo.nm_thyroid_dx.labels import NM_THYROID_LABELS
 from model_zoo.nm_thyroid_dx.preprocess import prepare
-from model_zoo.nm_thyroid_dx.train import fit_and_write
-from model_zoo.progress import ProgressFn, reporter
-from model_zoo.validation.collect import ValidationDataError, read_labels, read_studies
+from model_zoo.demo import DEMO_RECIPES
+from model_zoo.nm_thyroid_dx.train import evaluate, fit, fit_and_write
+from model_zoo.phantoms.nm import write_nm_study
+from model_zoo.progress import ProgressFn
+from model_zoo.site_training import TrainOptions, kfold_by_study, split_by_study, summarise_folds
+from model_zoo.validation.collect import ValidationDataError, read_labels, read_studies, write_labels
 
 logger = logging.getLogger(__name__)
 
@@ -52,50 +56,60 @@ def load_site_data(data_dir: Path, size: int) -> tuple[torch.Tensor, torch.Tenso
     return torch.cat(xs), torch.tensor(ys, dtype=torch.long), uids
 
 
-def split_by_study(y: torch.Tensor, uids: list[str], holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Training and held-out indices: whole studies, stratified by class, ``holdout`` of each class held out."""
-    rng = np.random.default_rng(seed)
-    study_class = {u: int(c) for u, c in zip(uids, y.tolist())}
-    held: set[str] = set()
-    for cls in sorted(set(study_class.values())):
-        members = sorted(u for u, c in study_class.items() if c == cls)
-        rng.shuffle(members)
-        held |= set(members[: int(round(holdout * len(members)))])
-    idx = np.arange(len(uids))
-    mask = np.array([u in held for u in uids])
-    return idx[~mask], idx[mask]
-
-
-def train_site(
-    data_dir: Path,
-    out_dir: Path,
-    *,
-    version: str,
-    epochs: int = 6,
-    seed: int = 0,
-    input_size: int = 128,
-    holdout: float = 0.2,
-    device: str | None = None,
-    progress: ProgressFn | None = None,
-) -> Path:
+def train_site(opts: TrainOptions) -> Path:
     """Train on a labelled folder and write a bundle (not a demo bundle: ``demo`` false)."""
     t0 = time.monotonic()
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = opts.torch_device()
+    report = opts.report("nm_thyroid_dx")
+    input_size = DEMO_RECIPES["nm_thyroid_dx"]["input_size"]
+    epochs = opts.epochs if opts.epochs is not None else DEMO_RECIPES["nm_thyroid_dx"]["epochs"]
 
-    report = reporter("nm_thyroid_dx", progress)
-
-    x, y, uids = load_site_data(Path(data_dir), input_size)
-    train_idx, hold_idx = split_by_study(y, uids, holdout, seed)
+    data_dir = Path(opts.data_dir)
+    x, y, uids = load_site_data(data_dir, input_size)
+    train_idx, hold_idx = split_by_study(y, uids, opts.holdout, opts.seed)
     if len(hold_idx) == 0 or len(train_idx) == 0:
-        raise ValidationDataError(f"{data_dir}: too few studies to hold {holdout:.0%} out for evaluation")
+        raise ValidationDataError(f"{data_dir}: too few studies to hold {opts.holdout:.0%} out for evaluation")
     report(0.02, f"{len(train_idx)} training and {len(hold_idx)} held-out images from {len(set(uids))} studies")
+    key = {"model": "nm_thyroid_dx", "studies": sorted(set(uids)), "labels": y.tolist(), "input_size": input_size}
+    cv = None
+    if opts.folds:
+        per_fold = []
+        train_uids = [uids[i] for i in train_idx]
+        folds = kfold_by_study(y[train_idx].numpy(), train_uids, opts.folds, opts.seed)
+        for k, (a, b) in enumerate(folds, start=1):
+            fold_report = _sub_report(report, 0.02 + 0.4 * (k - 1) / len(folds), 0.4 / len(folds), f"fold {k}/{len(folds)}")
+            net = fit(x[train_idx][a], y[train_idx][a], epochs=epochs, seed=opts.seed + k, device=dev,
+                      report=fold_report, checkpoints=opts.checkpoints(f"fold{k}", key))
+            cm = evaluate(net, x[train_idx][b], y[train_idx][b], dev)
+            per_fold.append({"accuracy": round(float(np.trace(cm) / cm.sum()), 4), "n": int(cm.sum())})
+            report(0.02 + 0.4 * k / len(folds), f"fold {k}/{len(folds)}: accuracy {per_fold[-1]['accuracy']:.3f}")
+        cv = summarise_folds(per_fold)
+        report = _sub_report(report, 0.42, 0.58, "final fit")
     return fit_and_write(
-        Path(out_dir), x[train_idx], y[train_idx], x[hold_idx], y[hold_idx], epochs=epochs, seed=seed,
-        input_size=input_size, device=dev, report=report, started=t0, version=version, demo=False,
-        intended_use=f"Trained by the site on the studies of {Path(data_dir).name}; validate locally before use.",
-        population=f"the site's labelled 99mTc-pertechnetate planar thyroid scintigrams in {Path(data_dir).name}",
+        Path(opts.out_dir), x[train_idx], y[train_idx], x[hold_idx], y[hold_idx], epochs=epochs, seed=opts.seed,
+        input_size=input_size, device=dev, report=report, started=t0, version=opts.version, demo=False,
+        intended_use=f"Trained by the site on the studies of {data_dir.name}; validate locally before use.",
+        population=f"the site's labelled 99mTc-pertechnetate planar thyroid scintigrams in {data_dir.name}",
         training_data=(
-            f"{len(set(uids))} studies ({len(x)} images) from {Path(data_dir).name}; held out by study, stratified: "
-            f"{holdout:.0%} (seed {seed}); {epochs} epochs, the demo recipe of model_zoo.nm_thyroid_dx.train"
+            f"{len(set(uids))} studies ({len(x)} images) from {data_dir.name}; held out by study, stratified: "
+            f"{opts.holdout:.0%} (seed {opts.seed}); {epochs} epochs, the demo recipe of model_zoo.nm_thyroid_dx.train"
+            + (f"; {opts.folds}-fold cross-validation by study on the training part" if opts.folds else "")
         ),
+        checkpoints=opts.checkpoints("final", key), cross_validation=cv,
     )
+
+
+def _sub_report(report: ProgressFn, start: float, span: float, prefix: str) -> ProgressFn:
+    """Progress of one part of a run, mapped onto ``[start, start + span]`` of the whole."""
+    return lambda frac, msg: report(start + span * frac, f"{prefix}: {msg}")
+
+
+def write_phantoms(out_dir: Path, n: int, seed: int) -> Path:
+    """``n`` phantom studies (classes in turn) and their ``labels.csv``."""
+    keys = [label.key for label in NM_THYROID_LABELS]
+    rows = []
+    for i in range(n):
+        label = keys[i % len(keys)]
+        path = write_nm_study(out_dir / f"s{i:03d}", label, seed=seed + i)
+        rows.append({"study_instance_uid": str(dcmread(path, stop_before_pixels=True).StudyInstanceUID), "label": label})
+    return write_labels(out_dir, rows)

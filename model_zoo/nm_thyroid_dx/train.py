@@ -26,6 +26,7 @@ import math
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import monai
 import numpy as np
@@ -39,6 +40,7 @@ from model_zoo.nm_thyroid_dx.labels import NM_THYROID_LABELS
 from model_zoo.nm_thyroid_dx.preprocess import NORMALISATION, normalise
 from model_zoo.phantoms.nm import make_nm_image
 from model_zoo.progress import ProgressFn, reporter
+from model_zoo.site_training import Checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +240,66 @@ def train(
     )
 
 
+def fit(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    *,
+    epochs: int,
+    seed: int,
+    device: torch.device,
+    report: ProgressFn,
+    checkpoints: Checkpoints | None = None,
+    span: tuple[float, float] = (0.05, 0.85),
+) -> ScintiResNet34:
+    """The demo recipe on prepared inputs: epochs with the auxiliary head, BN statistics, head refit.
+
+    With ``checkpoints``, the state after each epoch is saved and an interrupted run resumes
+    from it (same network, optimiser, schedule and random stream as an uninterrupted run).
+    """
+    dev = device
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net = ScintiResNet34(n_classes=len(NM_THYROID_LABELS)).to(dev)
+    aux = torch.nn.Linear(FEATURES, len(NM_THYROID_LABELS)).to(dev)  # training-only shortcut head
+    opt = torch.optim.Adam([*net.parameters(), *aux.parameters()], lr=LR, weight_decay=WEIGHT_DECAY)
+    steps_per_epoch = math.ceil(len(x_train) / BATCH)
+    total = max(1, epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=total, pct_start=0.15)
+    state = {"net": net, "aux": aux, "opt": opt, "sched": sched}
+    done = checkpoints.restore(state, {"gen": gen}) if checkpoints is not None else 0
+    if done:
+        report(span[0], f"resumed after epoch {done}/{epochs}")
+    step = done * steps_per_epoch
+    for epoch in range(done, epochs):
+        net.train()
+        order = torch.randperm(len(x_train), generator=gen)
+        loss_sum, correct = 0.0, 0
+        for b in range(steps_per_epoch):
+            idx = order[b * BATCH : (b + 1) * BATCH]
+            xb = augment(x_train[idx], gen).to(dev)
+            yb = y_train[idx].to(dev)
+            feats = net.features(xb)
+            logits = net.head(feats)
+            loss = F.cross_entropy(logits, yb) + F.cross_entropy(aux(feats), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+        if checkpoints is not None:
+            checkpoints.save(epoch + 1, state, {"gen": gen})
+        report(
+            span[0] + span[1] * step / total,
+            f"epoch {epoch + 1}/{epochs}: loss {loss_sum / len(x_train):.3f}, "
+            f"train accuracy {correct / len(x_train):.3f}",
+        )
+    recalibrate_bn(net, x_train, dev)
+    refit_head(net, x_train, y_train, gen, dev)
+    return net
+
+
 def fit_and_write(
     out_dir: Path,
     x_train: torch.Tensor,
@@ -256,6 +318,8 @@ def fit_and_write(
     intended_use: str,
     population: str,
     training_data: str,
+    checkpoints: Checkpoints | None = None,
+    cross_validation: dict[str, Any] | None = None,
 ) -> Path:
     """Train the network on prepared inputs, evaluate it on the held-out ones, write the bundle.
 
@@ -263,40 +327,7 @@ def fit_and_write(
     (:mod:`model_zoo.nm_thyroid_dx.site`); the card records who trained it on what.
     """
     dev, t0 = device, started
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    net = ScintiResNet34(n_classes=len(NM_THYROID_LABELS)).to(dev)
-    aux = torch.nn.Linear(FEATURES, len(NM_THYROID_LABELS)).to(dev)  # training-only shortcut head
-    opt = torch.optim.Adam([*net.parameters(), *aux.parameters()], lr=LR, weight_decay=WEIGHT_DECAY)
-    steps_per_epoch = math.ceil(len(x_train) / BATCH)
-    total = max(1, epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=total, pct_start=0.15)
-    step = 0
-    for epoch in range(epochs):
-        net.train()
-        order = torch.randperm(len(x_train), generator=gen)
-        loss_sum, correct = 0.0, 0
-        for b in range(steps_per_epoch):
-            idx = order[b * BATCH : (b + 1) * BATCH]
-            xb = augment(x_train[idx], gen).to(dev)
-            yb = y_train[idx].to(dev)
-            feats = net.features(xb)
-            logits = net.head(feats)
-            loss = F.cross_entropy(logits, yb) + F.cross_entropy(aux(feats), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
-        report(
-            0.05 + 0.85 * step / total,
-            f"epoch {epoch + 1}/{epochs}: loss {loss_sum / len(x_train):.3f}, "
-            f"train accuracy {correct / len(x_train):.3f}",
-        )
-    recalibrate_bn(net, x_train, dev)
-    refit_head(net, x_train, y_train, gen, dev)
+    net = fit(x_train, y_train, epochs=epochs, seed=seed, device=dev, report=report, checkpoints=checkpoints)
     report(0.92, "batch-norm statistics recomputed, head refitted on frozen features")
 
     cm = evaluate(net, x_hold, y_hold, dev)
@@ -330,6 +361,7 @@ def fit_and_write(
             "confusion_matrix": {"labels": keys, "rows_truth_cols_predicted": cm.tolist()},
             "training_seconds": round(seconds, 1),
             "training_device": f"{dev.type} ({platform.machine()})",
+            **({"cross_validation": cross_validation} if cross_validation else {}),
         },
     )
     metadata = card.model_dump(mode="json") | {  # MONAI bundle metadata keys, kept as card extras

@@ -81,6 +81,16 @@ def read_labels(data_dir: Path, columns: tuple[str, ...]) -> list[dict[str, str]
     return rows
 
 
+def write_labels(data_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    """Write ``labels.csv`` (columns: the first row's keys) into ``data_dir``; returns ``data_dir``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / LABELS_FILE, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return data_dir
+
+
 def load(name: str, bundle_path: Path) -> Any:
     """The runnable model of a bundle folder, as the workers load it (``workers.models.LoadedModel``)."""
     import importlib

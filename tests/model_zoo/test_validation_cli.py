@@ -122,10 +122,10 @@ def test_train_then_validate_then_install(tmp_path: Path) -> None:
     assert (tmp_path / "var" / "bundles" / "nm_thyroid_dx-0.9.0-test" / "configs" / "metadata.json").exists()
 
 
-def test_train_refuses_a_model_without_site_training(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "dicom_node.cli", "train", "ct_lung_met_rai", "--data", str(tmp_path),
+def test_train_refuses_an_unknown_model(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "dicom_node.cli", "train", "thyroid_magic", "--data", str(tmp_path),
                            "--out", str(tmp_path / "b")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "build-demo" in done.stderr
+    assert done.returncode == 2 and "nm_thyroid_dx" in done.stderr and "us_lvlnm" in done.stderr
 
 
 def test_graves_i131_report_matches_the_labels(tmp_path: Path) -> None:

@@ -100,7 +100,7 @@ class TrainOptions:
         shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
 
 
-class _Stateful(Protocol):
+class Stateful(Protocol):
     def state_dict(self) -> Any: ...
 
     def load_state_dict(self, state: Any, /) -> Any: ...
@@ -119,7 +119,7 @@ class Checkpoints:
         self.key = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
         self.resume = resume
 
-    def restore(self, objects: Mapping[str, _Stateful], generators: Mapping[str, torch.Generator] | None = None,
+    def restore(self, objects: Mapping[str, Stateful], generators: Mapping[str, torch.Generator] | None = None,
                 extra: dict[str, Any] | None = None) -> int:
         if not self.resume or not self.path.exists():
             return 0
@@ -137,7 +137,7 @@ class Checkpoints:
         logger.info("resumed %s after epoch %d", self.path.stem, state["epoch"])
         return int(state["epoch"])
 
-    def save(self, epoch: int, objects: Mapping[str, _Stateful], generators: Mapping[str, torch.Generator] | None = None,
+    def save(self, epoch: int, objects: Mapping[str, Stateful], generators: Mapping[str, torch.Generator] | None = None,
              extra: Mapping[str, Any] | None = None) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         state = {"key": self.key, "epoch": epoch,

@@ -40,7 +40,7 @@ from model_zoo.nm_thyroid_dx.labels import NM_THYROID_LABELS
 from model_zoo.nm_thyroid_dx.preprocess import NORMALISATION, normalise
 from model_zoo.phantoms.nm import make_nm_image
 from model_zoo.progress import ProgressFn, reporter
-from model_zoo.site_training import Checkpoints
+from model_zoo.site_training import Checkpoints, Stateful
 
 logger = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ def fit(
     steps_per_epoch = math.ceil(len(x_train) / BATCH)
     total = max(1, epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=total, pct_start=0.15)
-    state = {"net": net, "aux": aux, "opt": opt, "sched": sched}
+    state: dict[str, Stateful] = {"net": net, "aux": aux, "opt": opt, "sched": sched}
     done = checkpoints.restore(state, {"gen": gen}) if checkpoints is not None else 0
     if done:
         report(span[0], f"resumed after epoch {done}/{epochs}")

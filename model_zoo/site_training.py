@@ -110,8 +110,9 @@ class Checkpoints:
     """Resumable training of one stage: written atomically after every epoch.
 
     ``restore`` loads the latest state into the given objects (networks, optimisers,
-    schedulers: anything with ``state_dict``/``load_state_dict``) and torch generators, and
-    returns the number of epochs already done (0 when there is nothing to resume).
+    schedulers: anything with ``state_dict``/``load_state_dict``), torch generators and torch's
+    global random stream, and returns the number of epochs already done (0 when there is
+    nothing to resume). A resumed run then continues exactly as the uninterrupted one would.
     """
 
     def __init__(self, directory: Path, stage: str, key: Mapping[str, Any], *, resume: bool) -> None:
@@ -132,6 +133,9 @@ class Checkpoints:
             obj.load_state_dict(state["objects"][name])
         for name, gen in (generators or {}).items():
             gen.set_state(state["generators"][name])
+        torch.set_rng_state(state["torch_rng"])  # dropout and other draws from the global stream
+        if torch.cuda.is_available() and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         if extra is not None:
             extra.update(state.get("extra", {}))
         logger.info("resumed %s after epoch %d", self.path.stem, state["epoch"])
@@ -143,6 +147,8 @@ class Checkpoints:
         state = {"key": self.key, "epoch": epoch,
                  "objects": {name: obj.state_dict() for name, obj in objects.items()},
                  "generators": {name: gen.get_state() for name, gen in (generators or {}).items()},
+                 "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                  "extra": dict(extra or {})}
         tmp = self.path.with_suffix(".tmp")
         torch.save(state, tmp)

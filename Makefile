@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup run test peers demo bench-ingest bench-nm bench-ct bench-us
+.PHONY: setup run test peers viewer demo bench-ingest bench-nm bench-ct bench-us
 
 # A virtual environment with the node installed. torch first, from the CPU wheel
 # (pip install torch==2.13.0), so nothing pulls a multi-GB CUDA build.
@@ -29,7 +29,12 @@ run: demo
 peers:
 	deploy/ensure-test-peers.sh
 
-test: setup peers demo
+# The real-viewer test's tools (tests/viewer): Debian's chromium (apt), OHIF's prebuilt viewer and
+# playwright-core (npm, pinned by tests/viewer/package-lock.json), cached in ~/.cache/thyroid-node/viewer.
+viewer:
+	deploy/ensure-viewer.sh
+
+test: setup peers demo viewer
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 

@@ -65,15 +65,38 @@ class Completeness(_Strict):
         return self
 
 
+ResultKind = Literal["sr", "seg", "sc"]
+
+
 class Destination(_Strict):
-    """A DICOM peer (usually the PACS) that receives the node's results."""
+    """A DICOM peer (usually the PACS) that receives the node's results.
+
+    ``accepts``: which kinds of result object the destination takes (``sr``: the TID 1500
+    Comprehensive 3D SR, ``seg``: Segmentation, ``sc``: Secondary Capture). ``None`` (the
+    default): whatever the association negotiation accepts. A list: only those kinds are sent
+    (and only if the negotiation accepts them too), e.g. ``[sc]`` for a PACS that stores SEG and
+    SR but whose viewer cannot show them. Where SR or SEG is left out or refused, the node sends
+    Secondary Captures in their place (outlines burned over the source images, a findings page).
+    """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    accepts: list[ResultKind] | None = Field(None, min_length=1)
 
     _ae = field_validator("ae_title")(_check_ae)
+
+    @field_validator("accepts")
+    @classmethod
+    def _accepts(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if len(set(value)) != len(value):
+            raise ValueError(f"accepts: each kind once, got {value}")
+        if "sc" not in value and not {"sr", "seg"} <= set(value):
+            raise ValueError("accepts leaves out sr or seg, so it must list sc: their fallback is Secondary Captures")
+        return value
 
 
 class Match(_Strict):

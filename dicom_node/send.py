@@ -69,27 +69,40 @@ def describe(path: Path) -> Outgoing:
     return Outgoing(path, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.file_meta.TransferSyntaxUID))
 
 
-def send_files(
+@dataclass(frozen=True)
+class SendResult:
+    """What one association achieved: the SOP Instance UIDs stored at the destination (those
+    already there included) and the SOP classes it refused in the negotiation."""
+
+    stored: frozenset[str]
+    refused_classes: frozenset[str]
+
+
+def store(
     destination: Destination,
     files: list[Outgoing],
     *,
     calling_ae: str,
     already_sent: set[str] | None = None,
+    also_propose: tuple[str, ...] = (),
     timeout_s: float = 60,
-) -> set[str]:
-    """C-STORE ``files`` to ``destination``; return the SOP Instance UIDs it stored.
+) -> SendResult:
+    """C-STORE ``files`` to ``destination``; report what was stored and which SOP classes it refused.
 
-    Files whose UID is in ``already_sent`` are skipped. Raises TransientSendError when the
-    association fails or some object was not stored (the caller retries the rest later), and
-    PermanentSendError when the peer rejects every context for an object.
+    Files whose UID is in ``already_sent`` are skipped (no association when none is left).
+    ``also_propose``: SOP classes proposed besides those of the files (the negotiation then
+    tells whether the destination takes them, and an association whose files are all of
+    refused classes is still accepted by a peer that takes one of these). Objects of a refused
+    class are not sent and not an error here: the caller decides. Raises TransientSendError
+    when the association fails or some object was not stored (the caller retries the rest).
     """
     done = set(already_sent or ())
     todo = [f for f in files if f.sop_instance_uid not in done]
     if not todo:
-        return done
+        return SendResult(frozenset(done), frozenset())
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
-    for sop_class in sorted({f.sop_class_uid for f in todo}):
+    for sop_class in sorted({f.sop_class_uid for f in todo} | set(also_propose)):
         syntaxes = sorted({f.transfer_syntax_uid for f in todo if f.sop_class_uid == sop_class})
         for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
             if ts not in syntaxes:
@@ -104,11 +117,12 @@ def send_files(
     guard_reactor_race(assoc)
     failures: list[str] = []
     refused_classes: set[str] = set()
+    sent = 0
     try:
-        accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+        accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+        refused_classes = {c for c in {f.sop_class_uid for f in todo} | set(also_propose) if c not in accepted}
         for item in todo:
             if item.sop_class_uid not in accepted:
-                refused_classes.add(item.sop_class_uid)
                 continue
             try:
                 rsp = assoc.send_c_store(item.path)
@@ -118,6 +132,7 @@ def send_files(
             code = getattr(rsp, "Status", None)
             if code in status.STORED_STATUSES:
                 done.add(item.sop_instance_uid)
+                sent += 1
             else:
                 failures.append("no response" if code is None else f"0x{int(code):04X}")
                 if not assoc.is_established:
@@ -129,7 +144,26 @@ def send_files(
         raise TransientSendError(
             f"{destination.name}: {len(failures)} object(s) not stored ({', '.join(sorted(set(failures)))})", done
         )
-    if refused_classes:
-        raise PermanentSendError(f"{destination.name}: refuses SOP class(es) {', '.join(sorted(refused_classes))}")
-    log.info("sent %d object(s) to %s", len(todo), destination.name)
-    return done
+    log.info("sent %d object(s) to %s", sent, destination.name)
+    return SendResult(frozenset(done), frozenset(refused_classes))
+
+
+def send_files(
+    destination: Destination,
+    files: list[Outgoing],
+    *,
+    calling_ae: str,
+    already_sent: set[str] | None = None,
+    timeout_s: float = 60,
+) -> set[str]:
+    """C-STORE ``files`` to ``destination``; return the SOP Instance UIDs it stored.
+
+    As :func:`store`, and PermanentSendError when the peer refuses the SOP class of some
+    object (after the objects of the other classes were sent).
+    """
+    result = store(destination, files, calling_ae=calling_ae, already_sent=already_sent, timeout_s=timeout_s)
+    if result.refused_classes:
+        raise PermanentSendError(
+            f"{destination.name}: refuses SOP class(es) {', '.join(sorted(result.refused_classes))}"
+        )
+    return set(result.stored)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from config.settings import ConfigError, load_settings
 
@@ -84,3 +85,19 @@ def test_nm_graves_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(ConfigError, match="nm_graves_i131"):
         load_settings(nm={"graves_i131": "always"}, models={"nm_thyroid_dx": "demo"})
     assert load_settings(models={"nm_thyroid_dx": "demo"}).nm.graves_i131 == "if_graves"
+
+
+def test_destination_accepts(tmp_path: Path) -> None:
+    """accepts: which of SR, SEG, SC a destination takes; absent: what the negotiation accepts."""
+    dest = {"name": "pacs", "ae_title": "P", "host": "127.0.0.1", "port": 104}
+    assert load_settings(destinations=[dest]).destinations[0].accepts is None
+    assert load_settings(EXAMPLE).destinations[0].accepts is None
+    assert load_settings(destinations=[{**dest, "accepts": ["sc"]}]).destinations[0].accepts == ["sc"]
+    assert load_settings(destinations=[{**dest, "accepts": ["sr", "seg"]}]).destinations[0].accepts == ["sr", "seg"]
+    for bad, why in (([], "at least 1"), (["sc", "sc"], "each kind once"), (["pdf"], "sr"),
+                     (["sr"], "must list sc")):
+        cfg = tmp_path / "bad.yaml"
+        cfg.write_text(yaml.safe_dump({"destinations": [{**dest, "accepts": bad}]}))
+        with pytest.raises(ConfigError, match=why) as err:
+            load_settings(cfg)
+        assert "  destinations.0.accepts" in str(err.value)

@@ -321,3 +321,37 @@ def test_ct_not_analysable_still_gets_a_summary_page(tmp_path: Path) -> None:
     back = _valid(page, tmp_path)
     assert "1 finding(s)" in back.DerivationDescription
     assert {str(r.ReferencedSOPInstanceUID) for r in back.SourceImageSequence} <= set(_by_uid(sources))
+
+
+def test_enhanced_ct_outlines_reference_their_frames(tmp_path: Path) -> None:
+    sources = [ct_builders.enhanced_ct()]
+    results = ct_builders.results(sources)
+    seg = _roundtrip(encode_ct_seg(results, sources, **KW))
+    sr = _roundtrip(encode_ct_sr(results, sources, seg, **KW))
+    scs = encode_outline_scs([read_seg(seg)], _by_uid(sources), read_findings(sr), software_version=SOFTWARE_VERSION)
+    truth = ct_builders.lesion_masks()
+    frames = sorted(int(s.SourceImageSequence[0].ReferencedFrameNumber) for s in scs)
+    assert len(frames) == len(set(frames)) == len({k for m in truth for k in np.nonzero(m.any(axis=(1, 2)))[0]})
+    for sc in scs:
+        k = ct_builders.N_SLICES - int(sc.SourceImageSequence[0].ReferencedFrameNumber)  # frames run down in z
+        for number, mask in enumerate(truth, start=1):
+            if mask[k].any():
+                _near(_ring_in_source(sc, *mask[k].shape, number), mask[k], 1.5)
+    for sc in scs[:2]:
+        _valid(sc, tmp_path)
+
+
+def test_long_values_wrap_instead_of_being_cut(us_outbox: Outbox) -> None:
+    from workers.encode.fallback_read import Row
+
+    _, _, sr = us_outbox
+    findings = read_findings(sr)
+    group = findings.groups[0]
+
+    def height(value: str) -> int:
+        one = findings.__class__(**{**findings.__dict__, "groups": (group.__class__(
+            **{**group.__dict__, "rows": (Row("Note", value, "TEXT"),)}),)})
+        (page,) = render_summary(one, {})
+        return int(page.shape[0])
+
+    assert height("word " * 400) >= height("short") + 19 * 20

@@ -224,27 +224,32 @@ def render_outlines(
 
 
 def _block(lines: Sequence[tuple[str, str, bool]], title: str, images: str) -> Image.Image:
-    """One finding's block: title bar, image line, label/value rows."""
-    canvas = Image.new("RGB", (PAGE_WIDTH, 60 + 60 * (len(lines) + 2)), (0, 0, 0))
+    """One finding's block: title bar, image line, label/value rows (wrapped, never cut)."""
+    label_w = 400
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    image_lines = _wrap(measure, images, _font(13), PAGE_WIDTH - 2 * _PAD)
+    rows = [
+        (_wrap(measure, label, _font(14), label_w - _PAD),
+         _wrap(measure, value, _font(14, bold=strong), PAGE_WIDTH - label_w - 2 * _PAD), strong)
+        for label, value, strong in lines
+    ]
+    height = 34 + 18 * len(image_lines) + 19 * sum(max(len(a), len(b)) for a, b, _ in rows) + 8
+    canvas = Image.new("RGB", (PAGE_WIDTH, height), (0, 0, 0))
     draw = ImageDraw.Draw(canvas)
     draw.rectangle([0, 0, PAGE_WIDTH, 28], fill=_BLOCK)
     draw.text((_PAD, 5), title, font=_font(16, bold=True), fill=_YELLOW)
     y = 34
-    for line in _wrap(draw, images, _font(13), PAGE_WIDTH - 2 * _PAD):
+    for line in image_lines:
         draw.text((_PAD, y), line, font=_font(13), fill=_GREY)
         y += 18
-    label_w = 400
-    for label, value, strong in lines:
-        font = _font(14, bold=strong)
-        label_lines = _wrap(draw, label, _font(14), label_w - _PAD)
-        value_lines = _wrap(draw, value, font, PAGE_WIDTH - label_w - 2 * _PAD)
+    for label_lines, value_lines, strong in rows:
         for k in range(max(len(label_lines), len(value_lines))):
             if k < len(label_lines):
                 draw.text((_PAD + 10, y), label_lines[k], font=_font(14), fill=_GREY)
             if k < len(value_lines):
-                draw.text((label_w + _PAD, y), value_lines[k], font=font, fill=_WHITE)
+                draw.text((label_w + _PAD, y), value_lines[k], font=_font(14, bold=strong), fill=_WHITE)
             y += 19
-    return canvas.crop((0, 0, PAGE_WIDTH, y + 8))
+    return canvas
 
 
 def _is_decision(label: str, value: str) -> bool:

@@ -151,16 +151,16 @@ def overlay_pixels(screenshot: Path, box: tuple[float, float, float, float]) -> 
     return result
 
 
-def disk_overlay_fractions(screenshot: Path, centre: tuple[float, float], radius_px: float) -> tuple[float, float]:
-    """Coloured fraction of the screenshot inside the disk of 0.7 x radius around `centre`, and in
-    the ring from 1.6 to 2.4 x radius (where nothing is drawn if the overlay sits on the lesion)."""
-    reach = 2.5 * radius_px
-    left, top = centre[0] - reach, centre[1] - reach
-    coloured = overlay_pixels(screenshot, (left, top, 2 * reach, 2 * reach))
+def disk_overlay_fractions(screenshot: Path, centre: tuple[float, float], inner_radius: float,
+                           ring_from: float, ring_to: float) -> tuple[float, float]:
+    """Coloured share of the screenshot in the disk of `inner_radius` around `centre`, and in the
+    ring from `ring_from` to `ring_to` (all in screenshot pixels)."""
+    left, top = centre[0] - ring_to, centre[1] - ring_to
+    coloured = overlay_pixels(screenshot, (left, top, 2 * ring_to, 2 * ring_to))
     rows, cols = np.mgrid[0: coloured.shape[0], 0: coloured.shape[1]]
-    dist = np.hypot(cols + int(round(left)) - centre[0], rows + int(round(top)) - centre[1])
-    inner = dist <= 0.7 * radius_px
-    ring = (dist >= 1.6 * radius_px) & (dist <= 2.4 * radius_px)
+    dist = np.hypot(cols + max(int(round(left)), 0) - centre[0], rows + max(int(round(top)), 0) - centre[1])
+    inner = dist <= inner_radius
+    ring = (dist >= ring_from) & (dist <= ring_to)
     if not inner.any() or not ring.any():
-        raise ValueError(f"lesion of {radius_px:.1f} px too small on screen to check")
+        raise ValueError(f"disk of {inner_radius:.1f} px or ring {ring_from:.1f}-{ring_to:.1f} px empty on screen")
     return float(coloured[inner].mean()), float(coloured[ring].mean())

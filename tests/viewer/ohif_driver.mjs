@@ -65,6 +65,32 @@ async function waitViewportShows(page, sopInstanceUid, timeout) {
   }, sopInstanceUid, { timeout, polling: 250 });
 }
 
+async function badgeTooltip(page) {
+  const badge = page.locator('[data-cy^="ModalityLoadBadge-"]');
+  try {
+    await badge.first().waitFor({ state: 'visible', timeout: 5000 });
+    await badge.first().hover();
+    const tip = page.getByRole('tooltip');
+    await tip.first().waitFor({ state: 'visible', timeout: 3000 });
+    const text = (await tip.first().innerText()).trim();
+    await page.mouse.move(5, 500);
+    return text;
+  } catch {
+    return null;
+  }
+}
+
+// The right-hand Measurements panel (OHIF starts with it closed in this layout).
+async function openMeasurementsPanel(page) {
+  const panel = page.locator('[data-cy="trackedMeasurements-panel"], [data-cy="measurements-panel"]');
+  if (await panel.count() && await panel.first().isVisible()) return;
+  const tab = page.locator('[data-cy="trackedMeasurements-btn"], [data-cy="measurements-btn"]');
+  if (await tab.count()) {
+    await tab.first().click();
+    await panel.first().waitFor({ state: 'visible', timeout: 10000 }).catch(() => log('Measurements panel did not open'));
+  }
+}
+
 async function displaySets(page) {
   return page.evaluate(() => window.services.displaySetService.getActiveDisplaySets().map((ds) => ({
     displaySetInstanceUID: ds.displaySetInstanceUID,
@@ -88,6 +114,7 @@ async function viewportState(page) {
       imageId: vp.getCurrentImageId ? vp.getCurrentImageId() ?? null : null,
       imageIndex: vp.getCurrentImageIdIndex ? vp.getCurrentImageIdIndex() : null,
       numImages: vp.getImageIds ? vp.getImageIds().length : 0,
+      canvasRect: (() => { const r = vp.canvas.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })(),
     }));
   });
 }
@@ -106,13 +133,7 @@ async function measurementsState(page) {
     }));
     const panel = document.querySelector('[data-cy="measurements-panel"], [data-cy="trackedMeasurements-panel"]');
     const rows = panel ? [...panel.querySelectorAll('[data-cy="data-row"]')].map((r) => r.innerText.trim()) : [];
-    const text = document.body.innerText;
-    return {
-      measurements: ms,
-      panelFound: Boolean(panel),
-      panelRows: rows,
-      notCompatible: /not\s+compatible|not\s+supported|unsupported/i.test(text),
-    };
+    return { measurements: ms, panelFound: Boolean(panel), panelRows: rows, panelText: panel ? panel.innerText : null };
   });
 }
 
@@ -212,28 +233,45 @@ async function main() {
       result.blocked.push(url.href);
       return route.abort();
     });
-    const page = await context.newPage();
-    page.setDefaultTimeout(TIMEOUT);
-    page.on('pageerror', (e) => result.errors.push(`pageerror: ${e.message}`));
-    page.on('console', (m) => { if (m.type() === 'error') result.errors.push(`console: ${m.text().slice(0, 300)}`); });
+    // A fresh page of the viewer on the study, the tour skipped, the series listed.
+    const openViewer = async () => {
+      const page = await context.newPage();
+      page.setDefaultTimeout(TIMEOUT);
+      page.on('pageerror', (e) => result.errors.push(`pageerror: ${e.message}`));
+      page.on('console', (m) => { if (m.type() === 'error') result.errors.push(`console: ${m.text().slice(0, 300)}`); });
+      await page.goto(`${spec.viewerUrl}/viewer?StudyInstanceUIDs=${spec.studyUid}`);
+      await page.waitForFunction(() => window.services && window.cornerstone
+        && window.services.displaySetService.getActiveDisplaySets().length > 0, null, { timeout: TIMEOUT, polling: 250 });
+      await clickIfVisible(page, page.getByRole('button', { name: 'Skip all' }), 'Skip all (onboarding tour)', 5000);
+      return page;
+    };
 
-    await page.goto(`${spec.viewerUrl}/viewer?StudyInstanceUIDs=${spec.studyUid}`);
-    await page.waitForFunction(() => window.services && window.cornerstone
-      && window.services.displaySetService.getActiveDisplaySets().length > 0, null, { timeout: TIMEOUT, polling: 250 });
-    await clickIfVisible(page, page.getByRole('button', { name: 'Skip all' }), 'Skip all (onboarding tour)', 10000);
+    let page = await openViewer();
     result.displaySets = await displaySets(page);
     await shot(page, 'study');
 
+    // Images and heatmaps first, on the first page; each SEG and SR on a page of its own, so that
+    // what OHIF shows for one (loaded segmentations, tracked measurements) is not another's.
     const order = { SEG: 1, SR: 2 };
     const toOpen = [...result.displaySets].sort((a, b) => (order[a.Modality] ?? 0) - (order[b.Modality] ?? 0));
-    for (const ds of toOpen) {
-      const name = `${ds.Modality}-${ds.SeriesDescription || ds.SeriesInstanceUID}`.replace(/[^A-Za-z0-9._-]+/g, '_').slice(0, 80);
+    for (const [index, ds] of toOpen.entries()) {
+      const name = `${String(index).padStart(2, '0')}-${ds.Modality}-${ds.SeriesDescription || ds.SeriesInstanceUID}`
+        .replace(/[^A-Za-z0-9._-]+/g, '_').slice(0, 80);
       const entry = { displaySetInstanceUID: ds.displaySetInstanceUID, SeriesInstanceUID: ds.SeriesInstanceUID,
         Modality: ds.Modality, SeriesDescription: ds.SeriesDescription, name, ok: false };
       result.opened.push(entry);
       try {
+        if (ds.Modality in order) {
+          await page.close();
+          page = await openViewer();
+        }
         await dismissTour(page);
-        const thumb = page.locator(`[id="thumbnail-${ds.displaySetInstanceUID}"]`);
+        // display set UIDs are made afresh by each page: find this series' one
+        const uid = await page.evaluate((series) => window.services.displaySetService.getActiveDisplaySets()
+          .find((d) => d.SeriesInstanceUID === series)?.displaySetInstanceUID, ds.SeriesInstanceUID);
+        ds.displaySetInstanceUID = uid;
+        entry.displaySetInstanceUID = uid;
+        const thumb = page.locator(`[id="thumbnail-${uid}"]`);
         await thumb.scrollIntoViewIfNeeded();
         await thumb.dblclick();
         log('opened', name);
@@ -253,12 +291,24 @@ async function main() {
             entry.targets.push({ ...target, ...measured });
           }
         } else if (ds.Modality === 'SR') {
-          await page.waitForTimeout(1500);  // let OHIF decide whether the SR is loadable
-          // OHIF asks before tracking (hydrating) the SR's measurements
-          entry.hydrateClicked = await clickIfVisible(page, page.locator('[data-cy="prompt-begin-tracking-yes-btn"]')
-            .or(page.getByRole('button', { name: /^(Yes|Load|Track)$/ })), 'hydrate SR', 5000);
-          await page.waitForTimeout(1500);
+          // OHIF decides whether the SR's measurements can be loaded (isRehydratable; the viewport's
+          // badge says "not compatible" when not), then asks "continue tracking measurements?".
+          await page.waitForFunction((uid) => window.services.displaySetService.getDisplaySetByUID(uid)?.isLoaded,
+            ds.displaySetInstanceUID, { timeout: TIMEOUT, polling: 250 });
+          entry.rehydratable = await page.evaluate((uid) =>
+            Boolean(window.services.displaySetService.getDisplaySetByUID(uid).isRehydratable), ds.displaySetInstanceUID);
+          entry.badgeTooltip = await badgeTooltip(page);
+          entry.hydrated = await clickIfVisible(page, page.getByRole('button', { name: 'Yes', exact: true }),
+            'Yes (continue tracking: load the SR measurements)', entry.rehydratable ? 15000 : 3000);
+          if (entry.hydrated) {
+            try {
+              await page.waitForFunction(() => window.services.measurementService.getMeasurements().length > 0,
+                null, { timeout: 15000, polling: 250 });
+            } catch { log('no measurement loaded from', name); }
+          }
+          await openMeasurementsPanel(page);
           Object.assign(entry, await measurementsState(page));
+          entry.notCompatible = !entry.rehydratable || /not compatible/i.test(entry.badgeTooltip ?? '');
         } else {
           await waitViewportShows(page, ds.sopInstanceUids[0], TIMEOUT);
         }

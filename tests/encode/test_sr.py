@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 from pydicom.sr.codedict import codes
@@ -89,7 +90,9 @@ def test_sr_round_trip_content(nm_source: pydicom.Dataset, tmp_path: Path) -> No
 
     measurements = group.get_measurements()
     assert len(measurements) == len(diagnosis.probabilities)
-    for prob, measurement in zip(diagnosis.probabilities, measurements, strict=True):
+    # the predicted class first (the measurement a viewer draws), then the card's order
+    ordered = [diagnosis.predicted] + [p for p in diagnosis.probabilities if p != diagnosis.predicted]
+    for prob, measurement in zip(ordered, measurements, strict=True):
         assert measurement.name == thy_codes.probability_concept(prob.key, prob.code)
         assert measurement.value == prob.probability  # FloatingPointValue: exact
         assert measurement.unit == hd.sr.CodedConcept.from_code(codes.UCUM.NoUnits)
@@ -156,7 +159,11 @@ def test_not_analysable_sr(nm_source: pydicom.Dataset, tmp_path: Path) -> None:
     reason = "no thyroid uptake region found: all frames below 2000 counts"
     data = _encode(builders.not_analysable(nm_source, reason), [nm_source])
     ds = from_bytes(data)
-    (group,) = _groups(ds)
+    assert _groups(ds) == []
+    # a TID 1410 group whose region is the whole image: OHIF's RectangleROI, labelled
+    report = hd.sr.Comprehensive3DSR.from_dataset(ds).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    (group,) = report.get_planar_roi_measurement_groups()
     assert group.finding_type is None
     assert group.get_measurements() == []
     (evaluation,) = group.get_qualitative_evaluations()
@@ -165,7 +172,16 @@ def test_not_analysable_sr(nm_source: pydicom.Dataset, tmp_path: Path) -> None:
         thy_codes.NOT_ANALYSABLE,
     )
     assert ("Reason not analysable", reason) in _texts(ds)
-    assert group.source_images[0].referenced_sop_instance_uid == nm_source.SOPInstanceUID
+    assert ("Comment", f"DEMO Not analysable: {reason}"[:64].rstrip()) in _texts(ds)
+    assert group.tracking_identifier == (
+        "Cornerstone3DTools@^0.1.0:RectangleROI:Thyroid AI not analysable 1"
+    )
+    region = group.roi
+    assert region is not None and region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+    rows, cols = int(nm_source.Rows), int(nm_source.Columns)
+    assert region.value.tolist() == [[0, 0], [cols, 0], [cols, rows], [0, rows], [0, 0]]
+    ref = region.ContentSequence[0].ReferencedSOPSequence[0]
+    assert ref.ReferencedSOPInstanceUID == nm_source.SOPInstanceUID
     path = write(tmp_path, "sr_na.dcm", data)
     assert dciodvfy_errors(path) == []
     assert "Not analysable" in dsrdump(path)
@@ -183,7 +199,13 @@ def test_diagnosis_and_not_analysable_share_one_document(
         not_analysable=builders.not_analysable(other, "frame 2 truncated").not_analysable,
     )
     data = _encode(results, [other, nm_source])
-    assert len(_groups(from_bytes(data))) == 2
+    report = hd.sr.Comprehensive3DSR.from_dataset(from_bytes(data)).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    assert len(report.get_image_measurement_groups()) == 1  # the diagnosis
+    (refused,) = report.get_planar_roi_measurement_groups()  # frame 1 of the other image
+    assert refused.roi is not None
+    ref = refused.roi.ContentSequence[0].ReferencedSOPSequence[0]
+    assert (ref.ReferencedSOPInstanceUID, ref.ReferencedFrameNumber) == (other.SOPInstanceUID, 1)
     assert dciodvfy_errors(write(tmp_path, "sr_both.dcm", data)) == []
 
 
@@ -230,3 +252,49 @@ def test_non_image_source_is_named_not_referenced(
 
     with pytest.raises(ValueError, match="no image among the sources"):
         _encode(rejected, [earlier_sr])
+
+
+@pytest.mark.parametrize("predicted", [0, 2])
+def test_predicted_probability_points_at_the_gradcam_peak(
+    nm_source: pydicom.Dataset, predicted: int
+) -> None:
+    """OHIF's ArrowAnnotate: tip at the heatmap's peak, label = the group's Comment row."""
+    probabilities = [0.1, 0.1, 0.1, 0.1]
+    probabilities[predicted] = 0.7
+    rows, cols = int(nm_source.Rows), int(nm_source.Columns)
+    diagnosis = dataclasses.replace(
+        builders.diagnosis(nm_source, probabilities=tuple(probabilities)),
+        heatmap=builders.gaussian_heatmap(rows, cols, (0.3, 0.7)),
+    )
+    results = NMResults(study_instance_uid=nm_source.StudyInstanceUID, diagnoses=(diagnosis,))
+    ds = from_bytes(_encode(results, [nm_source]))
+    (group,) = _groups(ds)
+    assert group.tracking_identifier == "Cornerstone3DTools@^0.1.0:ArrowAnnotate:Thyroid AI diagnosis 1"
+    nums = [i for i in group[0].ContentSequence if i.ValueType == "NUM"]
+    first = nums[0]
+    assert first.ConceptNameCodeSequence[0].CodeMeaning == (
+        f"Probability of {diagnosis.predicted.code.meaning}"
+    )
+    scoords = [i for i in first.ContentSequence if i.ValueType == "SCOORD"]
+    (scoord,) = scoords
+    assert scoord.RelationshipType == "INFERRED FROM" and scoord.GraphicType == "POLYLINE"
+    (tip_x, tip_y), (tail_x, tail_y) = [tuple(p) for p in np.reshape(scoord.GraphicData, (2, 2))]
+    peak_r, peak_c = divmod(int(diagnosis.heatmap.argmax()), cols)
+    assert (tip_x, tip_y) == (peak_c + 0.5, peak_r + 0.5)
+    assert tail_x > tip_x and tail_y < tip_y  # label up and to the right
+    assert 0 <= tail_x <= cols and 0 <= tail_y <= rows
+    (image,) = scoord.ContentSequence
+    assert image.RelationshipType == "SELECTED FROM"
+    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == nm_source.SOPInstanceUID
+    assert not any(i.ValueType == "SCOORD" for n in nums[1:] for i in n.ContentSequence)
+    comment = dict(_texts(group[0]))["Comment"]
+    assert comment == f"DEMO {diagnosis.predicted.code.meaning} 0.70"
+
+
+def test_heatmap_must_match_the_image(nm_source: pydicom.Dataset) -> None:
+    diagnosis = dataclasses.replace(
+        builders.diagnosis(nm_source), heatmap=builders.gaussian_heatmap(8, 8)
+    )
+    results = NMResults(study_instance_uid=nm_source.StudyInstanceUID, diagnoses=(diagnosis,))
+    with pytest.raises(ValueError, match="heatmap shape"):
+        _encode(results, [nm_source])

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 from pydicom.sr.codedict import codes
@@ -80,6 +81,14 @@ def _items(item: pydicom.Dataset, value_type: str, meaning: str) -> list[pydicom
     return found
 
 
+def _pixel_spacing(sources: list[pydicom.Dataset], sop_uid: str) -> list[float]:
+    ds = next(d for d in sources if d.SOPInstanceUID == sop_uid)
+    if "PixelSpacing" in ds:
+        return [float(v) for v in ds.PixelSpacing]
+    measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    return [float(v) for v in measures.PixelSpacing]
+
+
 def test_sr_lesion_groups(
     encoded: tuple[list[pydicom.Dataset], CTResults, pydicom.Dataset, bytes], tmp_path: Path
 ) -> None:
@@ -113,7 +122,7 @@ def test_sr_lesion_groups(
     assert results.series is not None
     for group, lesion in zip(groups, results.lesions, strict=True):
         # the same lesion in SEG and SR
-        assert group.tracking_identifier == f"Lesion {lesion.index}"
+        assert group.tracking_identifier == f"Cornerstone3DTools@^0.1.0:Bidirectional:Lesion {lesion.index}"
         assert group.tracking_uid == segments[lesion.index].TrackingUID
         ref = group.referenced_segment
         assert ref is not None
@@ -144,7 +153,29 @@ def test_sr_lesion_groups(
         assert site.value == thy_codes.LUNG
         assert site.laterality == (thy_codes.RIGHT if lesion.side == "right" else thy_codes.LEFT)
 
-        diameter, volume, probability = group.get_measurements()
+        long_axis, short_axis, diameter, volume, probability = group.get_measurements()
+        # the in-plane axes (OHIF's Bidirectional tool) on the axial slice through the centre
+        assert (long_axis.name.meaning, short_axis.name.meaning) == ("Long Axis", "Short Axis")
+        assert long_axis.unit == short_axis.unit == thy_codes.MILLIMETER
+        assert 0 < short_axis.value <= long_axis.value <= lesion.diameter_mm + 1.0
+        k = lesion.centre_slice
+        centre = results.series.slices[k]
+        spacing = [float(v) for v in _pixel_spacing(sources, centre.sop_instance_uid)]
+        lines = []
+        for num in (long_axis, short_axis):
+            (scoord,) = _items(num[0], "SCOORD", "Path")
+            assert scoord.RelationshipType == "INFERRED FROM" and scoord.GraphicType == "POLYLINE"
+            (image,) = scoord.ContentSequence
+            assert image.RelationshipType == "SELECTED FROM"
+            ref = image.ReferencedSOPSequence[0]
+            assert ref.ReferencedSOPInstanceUID == centre.sop_instance_uid
+            assert ref.get("ReferencedFrameNumber") == centre.frame_number
+            (x0, y0), (x1, y1) = np.reshape(scoord.GraphicData, (2, 2))
+            mm = float(np.hypot((x1 - x0) * spacing[1], (y1 - y0) * spacing[0]))
+            assert mm == pytest.approx(num.value, abs=0.01)
+            lines.append(np.array([(x1 - x0) * spacing[1], (y1 - y0) * spacing[0]]))
+        cosine = float(lines[0] @ lines[1]) / float(np.hypot(*lines[0]) * np.hypot(*lines[1]))
+        assert abs(cosine) < 1e-3  # perpendicular (end points are rounded to 0.001 pixel)
         assert (diameter.name, diameter.value) == (thy_codes.DIAMETER, lesion.diameter_mm)
         assert diameter.unit == hd.sr.CodedConcept.from_code(codes.UCUM.Millimeter)
         assert diameter.derivation == thy_codes.MAXIMUM
@@ -156,7 +187,7 @@ def test_sr_lesion_groups(
         )
         assert probability.unit == hd.sr.CodedConcept.from_code(codes.UCUM.NoUnits)
         algorithms = [t for m, t in _texts(group[0]) if m == "Algorithm Name"]
-        assert algorithms == ["ct_lung_met_seg"] * 3 + ["ct_lung_met_rai"]
+        assert algorithms == ["ct_lung_met_seg"] * 5 + ["ct_lung_met_rai"]
 
         (evaluation,) = group.get_qualitative_evaluations(name=thy_codes.RAI_REFRACTORY)
         assert evaluation.value == (thy_codes.YES if lesion.refractory else thy_codes.NO)
@@ -164,6 +195,8 @@ def test_sr_lesion_groups(
         assert texts["Decision threshold"].startswith("0.5:")
         assert texts["Series selection"] == results.series.choice
         assert texts["Disclaimer"] == DISCLAIMER
+        assert texts["Comment"] == f"DEMO Lesion {lesion.index}"
+        assert texts["Plane of the axes"].startswith(f"long and short axis in axial slice {k + 1} of")
     decisions = [g.get_qualitative_evaluations(name=thy_codes.RAI_REFRACTORY)[0] for g in groups]
     assert [d.value for d in decisions] == [thy_codes.YES, thy_codes.NO]
 
@@ -245,13 +278,15 @@ def test_not_analysable_sr(tmp_path: Path) -> None:
     reason = "no axial series with slices of 5 mm or thinner"
     data = _encode(ct_builders.not_analysable(sources, reason), sources, None)
     ds = from_bytes(data)
-    (group,) = _content(ds).get_image_measurement_groups()
+    (group,) = _content(ds).get_planar_roi_measurement_groups()  # the image refused, outlined
     (evaluation,) = group.get_qualitative_evaluations()
     assert evaluation.name == thy_codes.ANALYSIS_RESULT
     assert evaluation.value == thy_codes.NOT_ANALYSABLE
     assert group.finding_sites[0].value == thy_codes.LUNG
     assert ("Reason not analysable", reason) in _texts(ds)
-    assert group.source_images[0].referenced_sop_instance_uid == sources[0].SOPInstanceUID
+    assert group.roi is not None
+    ref = group.roi.ContentSequence[0].ReferencedSOPSequence[0]
+    assert ref.ReferencedSOPInstanceUID == sources[0].SOPInstanceUID
     path = write(tmp_path, "sr_na.dcm", data)
     assert dciodvfy_errors(path) == []
     assert "Not analysable" in dsrdump(path)

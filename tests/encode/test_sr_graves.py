@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -92,7 +93,7 @@ def test_graves_group_content(nm_source: pydicom.Dataset, tmp_path: Path, probab
     ds = _encode(with_graves(nm_source, outcome(nm_source, probability=probability)), [nm_source])
     dx_group, graves_group = _groups(ds)
     rows = _rows(graves_group)
-    assert rows["112039"].TextValue == "Thyroid AI I-131 outcome 1"  # Tracking Identifier
+    assert rows["112039"].TextValue == "Cornerstone3DTools@^0.1.0:ArrowAnnotate:Thyroid AI I-131 outcome 1"  # Tracking Identifier
     assert rows["112040"].UID != _rows(dx_group)["112040"].UID  # its own tracking UID
     num = rows[thy_codes.PROBABILITY_I131_CURE.value]
     assert num.ConceptNameCodeSequence[0].CodeMeaning == "Probability of cure after I-131 therapy"
@@ -114,6 +115,19 @@ def test_graves_group_content(nm_source: pydicom.Dataset, tmp_path: Path, probab
     assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == nm_source.SOPInstanceUID
     # seed 003's group is unchanged: four class probabilities, no I-131 row
     assert thy_codes.PROBABILITY_I131_CURE.value not in _rows(dx_group)
+    # both arrows (OHIF ArrowAnnotate) point at their own Grad-CAM peak from opposite sides,
+    # so that their labels (drawn at the tails) cannot cover each other
+    assert rows["121106"].TextValue == f"DEMO I-131 cure {probability:.2f}: {'yes' if cured else 'no'}"
+    (graves_arrow,) = [i for i in num.ContentSequence if i.ValueType == "SCOORD"]
+    dx_num = next(i for i in dx_group.ContentSequence if i.ValueType == "NUM")
+    (dx_arrow,) = [i for i in dx_num.ContentSequence if i.ValueType == "SCOORD"]
+    (gx, gy), (gtx, gty) = np.reshape(graves_arrow.GraphicData, (2, 2))
+    (dx, dy), (dtx, dty) = np.reshape(dx_arrow.GraphicData, (2, 2))
+    assert gty > gy and dty < dy
+    cols = int(nm_source.Columns)
+    heat = outcome(nm_source, probability=probability).heatmap
+    peak_r, peak_c = divmod(int(heat.argmax()), cols)
+    assert (gx, gy) == (peak_c + 0.5, peak_r + 0.5)
 
     path = write(tmp_path, "sr_graves.dcm", to_bytes(ds))
     assert dciodvfy_errors(path) == []

@@ -48,3 +48,32 @@ def referenced_sop_instances(sr: Dataset) -> set[str]:
 
 def text_values(sr: Dataset) -> list[str]:
     return [str(i.TextValue) for i in walk(sr) if i.get("ValueType") == "TEXT"]
+
+
+CORNERSTONE_TAG = "Cornerstone3DTools@^0.1.0:"
+
+
+def viewer_measurements(sr: Dataset) -> dict[str, tuple[str, str]]:
+    """Tracking UID -> (viewer tool, label) of every measurement group that names a tool.
+
+    The tool is what OHIF loads the group as (the Tracking Identifier
+    ``Cornerstone3DTools@^0.1.0:<Tool>:<name>``), the label the group's Comment (121106, DCM).
+    """
+    out = {}
+    for item in walk(sr):
+        content = item.get("ContentSequence", [])
+        rows = {concept(c): c for c in content if "ConceptNameCodeSequence" in c}
+        identifier = rows.get(("112039", "DCM"))
+        uid = rows.get(("112040", "DCM"))
+        if identifier is None or uid is None or not str(identifier.TextValue).startswith(CORNERSTONE_TAG):
+            continue
+        tool = str(identifier.TextValue)[len(CORNERSTONE_TAG):].split(":")[0]
+        comment = rows.get(("121106", "DCM"))
+        out[str(uid.UID)] = (tool, str(comment.TextValue) if comment is not None else "")
+    return out
+
+
+def scoords(item: Dataset) -> list[Dataset]:
+    """SCOORD children (INFERRED FROM) of the NUM rows directly in a group, first NUM first."""
+    return [c for num in item.get("ContentSequence", []) if num.get("ValueType") == "NUM"
+            for c in num.get("ContentSequence", []) if c.get("ValueType") == "SCOORD"]

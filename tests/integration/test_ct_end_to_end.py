@@ -20,7 +20,8 @@ from model_zoo.phantoms.ct import CTPhantomStudy, PhantomNodule
 from model_zoo.phantoms.ct_dicom import write_ct_study
 from tests.integration.conftest import NodeProcess
 from tests.integration.seg_read import dice, equivalent_diameter, segments, sphere_voxels
-from tests.integration.sr_read import referenced_sop_instances, text_values, walk
+from tests.encode.sr_structure import assert_complete
+from tests.integration.sr_read import referenced_sop_instances, text_values, viewer_measurements, walk
 from tests.peers import Orthanc, dciodvfy_errors, storescu, wait_until
 
 pytestmark = pytest.mark.integration
@@ -128,6 +129,9 @@ def _check_study(res: dict[str, list[Dataset]], study: CTPhantomStudy, tmp_path:
         c.get("ValueType") == "UIDREF" for c in i.get("ContentSequence", []))]
     tracking = {str(c.UID) for g in groups for c in g.ContentSequence if c.get("ValueType") == "UIDREF"}
     assert {s.tracking_uid for s in segs.values()} <= tracking
+    assert_complete(sr, procedure=("24627-2", "LN"), segs=[seg])
+    drawn = viewer_measurements(sr)  # what OHIF loads: each lesion's in-plane axes, one Bidirectional
+    assert {drawn[s.tracking_uid][0] for s in segs.values()} == {"Bidirectional"}
     refs = referenced_sop_instances(sr)
     assert seg.SOPInstanceUID in refs
     assert slice_uids & refs
@@ -162,6 +166,7 @@ def _rai_evaluations(sr: Dataset) -> dict[str, bool]:
 def _not_analysable_reason(res: dict[str, list[Dataset]]) -> str:
     (sr,) = res["SR"]
     assert res["SEG"] == [] and res["SC"] == []
+    assert_complete(sr, procedure=("24627-2", "LN"))
     return " ".join(text_values(sr)).lower()
 
 

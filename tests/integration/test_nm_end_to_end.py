@@ -13,7 +13,8 @@ from pydicom import Dataset, dcmread
 
 from model_zoo.phantoms.nm import write_nm_study
 from tests.integration.conftest import NodeProcess
-from tests.integration.sr_read import findings, numeric_values, referenced_sop_instances
+from tests.encode.sr_structure import assert_complete
+from tests.integration.sr_read import findings, numeric_values, referenced_sop_instances, viewer_measurements
 from tests.peers import Orthanc, dciodvfy_errors, storescu, wait_until
 
 pytestmark = pytest.mark.integration
@@ -65,6 +66,8 @@ def _check_outputs(res: dict[str, list[Dataset]], source: Dataset, expected_code
         ds.save_as(path, enforce_file_format=True)
         assert dciodvfy_errors(path) == [], f"dciodvfy errors in {ds.Modality}"
     assert findings(sr) == [expected_code]
+    assert_complete(sr, procedure=("30695-1", "LN"), sources=[source])
+    assert [tool for tool, _ in viewer_measurements(sr).values()] == ["ArrowAnnotate"]
     probabilities = [v for k, v in numeric_values(sr).items() if "robability" in k]
     assert len(probabilities) == 4 and abs(sum(probabilities) - 1.0) < 1e-3
     assert source.SOPInstanceUID in referenced_sop_instances(sr)

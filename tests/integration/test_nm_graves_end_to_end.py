@@ -18,7 +18,8 @@ from pydicom import Dataset, dcmread
 
 from model_zoo.phantoms.nm_graves import CURE_AREA_CUTOFF_MM2, graves_case, write_graves_study
 from tests.integration.conftest import NodeProcess
-from tests.integration.sr_read import findings, numeric_values, referenced_sop_instances, walk
+from tests.encode.sr_structure import assert_complete
+from tests.integration.sr_read import findings, numeric_values, referenced_sop_instances, viewer_measurements, walk
 from tests.peers import Orthanc, dciodvfy_errors, storescu, wait_until
 
 pytestmark = pytest.mark.integration
@@ -92,6 +93,8 @@ def test_cured_and_not_cured_graves_studies(
             assert dciodvfy_errors(out) == [], f"dciodvfy errors in {ds.Modality} {ds.SeriesDescription}"
         # seed 003 called it Graves' disease; seed 001's row, with its algorithm identification
         assert findings(sr) == [GRAVES_CODE]
+        assert_complete(sr, procedure=("30695-1", "LN"), sources=[source])
+        assert sorted(tool for tool, _ in viewer_measurements(sr).values()) == ["ArrowAnnotate"] * 2
         row = _cure_row(sr)
         algorithm = {str(i.ConceptNameCodeSequence[0].CodeMeaning): str(i.TextValue)
                      for i in row.ContentSequence if i.get("ValueType") == "TEXT"}

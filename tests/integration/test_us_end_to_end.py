@@ -22,7 +22,8 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 from model_zoo.phantoms.us import us_phantom
 from model_zoo.phantoms.us_dicom import USInstanceTruth, USPhantomStudy, write_us_study
 from tests.integration.conftest import NodeProcess
-from tests.integration.sr_read import referenced_sop_instances, text_values, walk
+from tests.encode.sr_structure import assert_complete
+from tests.integration.sr_read import referenced_sop_instances, text_values, viewer_measurements, walk
 from tests.peers import Orthanc, dciodvfy_errors, storescu, wait_until
 
 pytestmark = pytest.mark.integration
@@ -162,6 +163,8 @@ def _check_study(res: dict[str, list[Dataset]], study: USPhantomStudy, tmp_path:
         assert "DEMO" in ds.SeriesDescription
     frames = [f for seg in res["SEG"] for f in _seg_frames(seg)]
     groups = _groups(sr)
+    assert_complete(sr, procedure=("25010-0", "LN"), segs=res["SEG"])
+    drawn = viewer_measurements(sr)  # what OHIF loads: one Bidirectional per nodule
     refs = referenced_sop_instances(sr)
     decisions = []
     n_truth = 0
@@ -179,9 +182,10 @@ def _check_study(res: dict[str, list[Dataset]], study: USPhantomStudy, tmp_path:
             else:
                 assert _dice(best.mask, expected) >= 0.8, f"Dice {_dice(best.mask, expected):.3f} on {key}"
             group = groups[best.tracking_uid]
+            assert drawn[best.tracking_uid][0] == "Bidirectional"
             scale = inst.spacing_mm[0] if inst.spacing_mm else 1.0
             unit = "mm" if inst.spacing_mm else "{pixels}"
-            (long_value, long_unit), (short_value, short_unit) = group.numbers["Long axis"], group.numbers["Short axis"]
+            (long_value, long_unit), (short_value, short_unit) = group.numbers["Long Axis"], group.numbers["Short Axis"]
             assert long_unit == unit and short_unit == unit
             if site_masks is None:
                 assert abs(long_value - truth.long_axis_px * scale) <= 0.1 * truth.long_axis_px * scale, (long_value, truth)

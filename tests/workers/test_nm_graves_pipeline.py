@@ -17,6 +17,7 @@ from model_zoo.errors import BundleError
 from model_zoo.phantoms.nm import nm_phantom_dataset
 from model_zoo.phantoms.nm_graves import CURE_AREA_CUTOFF_MM2, GravesPhantom, graves_dataset
 from tests.encode.dicom_tools import dciodvfy_errors, to_bytes, write
+from tests.encode.sr_structure import assert_complete
 from workers.infer import pipeline_models
 from workers.models import load_models
 from workers.pipelines import nm
@@ -115,6 +116,11 @@ def test_process_writes_sr_and_two_kinds_of_sc(models: dict[str, Any], tmp_path:
     decisions = [i.ConceptCodeSequence[0].CodeMeaning for i in _walk(sr)
                  if i.get("ValueType") == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == "I131-CURE"]
     assert decisions == ["No"]
+    # every row the node must write, and one arrow per model for the viewer
+    assert_complete(sr, procedure=("30695-1", "LN"), sources=sources)
+    tools = [str(i.TextValue).split(":")[2] for i in _walk(sr)
+             if i.get("ValueType") == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "112039"]
+    assert tools == ["ArrowAnnotate", "ArrowAnnotate"]
     for ds in objects:
         assert dciodvfy_errors(write(tmp_path, f"{ds.SOPInstanceUID}.dcm", to_bytes(ds))) == []
     # off: seed 003's objects only, the same SR UID as before seed 001 existed

@@ -18,6 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from config.settings import load_settings
 from model_zoo.phantoms.us import us_phantom
 from model_zoo.phantoms.us_dicom import USInstanceTruth, write_us_study
+from tests.encode.sr_structure import assert_complete
 from workers.models import load_models
 from workers.pipelines import us
 from workers.pipelines.site_roi import is_site_seg, site_rois
@@ -80,6 +81,9 @@ def test_nodules_found_measured_and_scored(models: dict[str, Any], tmp_path: Pat
             assert t1 <= r0 or t0 >= r1 or u1 <= c0 or u0 >= c1, f"text box {(t0, u0, t1, u1)} in region {nodule.image.region}"
     objects = us.process(sources, models, datetime(2026, 11, 23, 9, 0, 0), load_settings())
     assert sorted(str(o.Modality) for o in objects) == ["OT", "OT", "SEG", "SEG", "SR"]
+    (sr,) = [o for o in objects if o.Modality == "SR"]
+    segs = [o for o in objects if o.Modality == "SEG"]
+    assert_complete(sr, procedure=("25010-0", "LN"), segs=segs, sources=sources)
 
 
 def test_site_seg_takes_precedence_and_our_own_seg_does_not(models: dict[str, Any], tmp_path: Path) -> None:

@@ -108,6 +108,7 @@ LESION_CENTRE: Final[hd.sr.CodedConcept] = _private(
     "LESION-CENTRE", "Lesion centre (patient LPS, mm)"
 )
 SERIES_CHOICE: Final[hd.sr.CodedConcept] = _private("SERIES-CHOICE", "Series selection")
+AXES_PLANE: Final[hd.sr.CodedConcept] = _private("AXES-PLANE", "Plane of the axes")
 NO_LESION_FOUND: Final[hd.sr.CodedConcept] = _private("NO-LESION", "No lung lesion found")
 
 _SH_MAX: Final[int] = 16  # Code Value is SH
@@ -190,8 +191,13 @@ PROBABILITY_RAI_REFRACTORY: Final[hd.sr.CodedConcept] = probability_concept(
 #   (General Ultrasound Report Document Title) list it for a thyroid ultrasound.
 # * (27925004, SCT, "Nodule"): SEG Segmented Property Type (CID 7151) and SR Finding, with the
 #   category (49755003, SCT) and the site / anatomic region (69748006, SCT, "Thyroid structure").
-# * (103339001, SCT, "Long axis"), (103340004, SCT, "Short axis"), (42798000, SCT, "Area"):
+# * (103339001, SCT, "Long Axis"), (103340004, SCT, "Short Axis"), (42798000, SCT, "Area"):
 #   the nodule's largest diameter, the largest width perpendicular to it, its area (CID 7469).
+#   The meanings are written "Long Axis" / "Short Axis" (as dcmjs writes them; pydicom's
+#   table says "Long axis"; a Code Meaning's case carries no meaning): Cornerstone's
+#   Bidirectional adapter, which OHIF
+#   uses to load the pair as one measurement, matches these two Code Meanings exactly. The
+#   CT lesion groups use the same pair for the axes in the axial slice through the centre.
 # * (mm2, UCUM, "square millimeter"); for an uncalibrated image UCUM annotations, which UCUM
 #   reads as unity: ({pixels}, UCUM, "Pixels"), as highdicom writes image sizes in the Image
 #   Library, and ({pixels}.{pixels}, UCUM, "square pixels") (UCUM annotations may not hold a
@@ -203,8 +209,12 @@ PROCEDURE_US_THYROID: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(
     codes.LN.USThyroidReport
 )
 NODULE: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.SCT.Nodule)
-LONG_AXIS: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.SCT.LongAxis)
-SHORT_AXIS: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.SCT.ShortAxis)
+LONG_AXIS: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept(
+    value=codes.SCT.LongAxis.value, scheme_designator="SCT", meaning="Long Axis"
+)
+SHORT_AXIS: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept(
+    value=codes.SCT.ShortAxis.value, scheme_designator="SCT", meaning="Short Axis"
+)
 AREA: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.SCT.Area)
 SQUARE_MILLIMETER: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(
     codes.UCUM.SquareMillimeter
@@ -248,3 +258,16 @@ PROBABILITY_I131_CURE: Final[hd.sr.CodedConcept] = probability_concept(
 )
 #: CODE evaluation: called cured (Yes / No) at the card's decision threshold.
 I131_CURE: Final[hd.sr.CodedConcept] = _private("I131-CURE", "Cure after first I-131 therapy")
+
+# --- Spatial coordinates of measurements (what viewers draw) ---------------------------------
+# * (121055, DCM, "Path"): the SCOORD of a linear measurement (TID 1400's concept name for it):
+#   the end points of a long or short axis.
+# * (99THYAI, GRADCAM-PEAK, "Arrow to Grad-CAM peak"): the SCOORD of an NM probability, a
+#   2-point POLYLINE whose first point is the peak of the model's Grad-CAM (no standard code
+#   names an arrow).
+# * (121106, DCM, "Comment"): a TEXT row of each measurement group with a short label
+#   ("Nodule 1", "Lesion 2", "Graves' disease 0.91"); OHIF shows it as the measurement's label.
+PATH: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.DCM.Path)
+COMMENT: Final[hd.sr.CodedConcept] = hd.sr.CodedConcept.from_code(codes.DCM.Comment)
+#: SCOORD name of an NM probability's arrow: tip at the Grad-CAM peak, tail where the label goes.
+GRADCAM_PEAK: Final[hd.sr.CodedConcept] = _private("GRADCAM-PEAK", "Arrow to Grad-CAM peak")

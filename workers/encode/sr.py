@@ -77,6 +77,7 @@ from collections.abc import Sequence
 from typing import Final
 
 import highdicom as hd
+import numpy as np
 import pydicom
 from highdicom.sr.templates import Template
 from pydicom.sr.codedict import codes
@@ -90,6 +91,16 @@ from workers.encode.common import (
     processing_equipment,
     select_source,
     series_description,
+)
+from workers.encode.sr_geometry import (
+    ARROW_ANNOTATE,
+    RECTANGLE_ROI,
+    arrow,
+    attach_scoord,
+    cornerstone_tracking_identifier,
+    heatmap_peak,
+    rectangle,
+    source_for_region,
 )
 from workers.encode.uids import ObjectKind, device_uid, output_uids, tracking_uid
 from workers.pipelines.results import (
@@ -204,6 +215,42 @@ def device_observation_context(model: ModelInfo, manufacturer: str) -> hd.sr.Obs
     return hd.sr.ObservationContext(observer_device_context=observer)
 
 
+def _demo_label(label: str, model: ModelInfo) -> str:
+    """A measurement's label in a viewer, "DEMO" first for demo models (LO: 64 characters)."""
+    return (f"DEMO {label}" if model.demo else label)[:64].rstrip()
+
+
+def _point_at_peak(
+    group: hd.sr.MeasurementsAndQualitativeEvaluations,
+    measurement: hd.sr.CodedConcept,
+    heatmap: np.ndarray,
+    source: SourceImage,
+    ds: pydicom.Dataset,
+    *,
+    down: bool,
+) -> None:
+    """Attach to a probability an arrow whose tip is the peak of the model's Grad-CAM.
+
+    The scintigram has no lesion to measure; the honest geometry of an image-level
+    probability is where the model's evidence was strongest.  The tail (where a viewer puts
+    the label) lies up-right for seed 003 and down-right for seed 001 (``down``), so that two
+    labels on one image never cover each other.
+    """
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if np.shape(heatmap) != (rows, columns):
+        raise ValueError(
+            f"heatmap shape {np.shape(heatmap)} differs from the image's ({rows}, {columns})"
+        )
+    attach_scoord(
+        group,
+        measurement,
+        hd.sr.GraphicTypeValues.POLYLINE,
+        arrow(heatmap_peak(heatmap), rows, columns, down=down),
+        source_for_region(ds, source.frame_number or 1),
+        name=thy_codes.GRADCAM_PEAK,
+    )
+
+
 def _diagnosis_group(
     diagnosis: NMDiagnosis, index: int, ds: pydicom.Dataset, sop_uid: str, manufacturer: str
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
@@ -211,7 +258,9 @@ def _diagnosis_group(
     if not any(p.code == diagnosis.predicted.code for p in diagnosis.probabilities):
         raise ValueError("the predicted class is not among the class probabilities")
     measurements = []
-    for prob in diagnosis.probabilities:
+    # the predicted class first: a viewer draws the group's first measurement
+    ordered = sorted(diagnosis.probabilities, key=lambda p: p.code != diagnosis.predicted.code)
+    for prob in ordered:
         value = float(prob.probability)
         if not (math.isfinite(value) and 0.0 <= value <= 1.0):
             raise ValueError(f"probability of {prob.key!r} is {value}, not in [0, 1]")
@@ -223,14 +272,19 @@ def _diagnosis_group(
                 algorithm_id=algorithm,
             )
         )
-    evaluations: list[hd.sr.QualitativeEvaluation] = []
+    label = f"{diagnosis.predicted.code.meaning} {float(diagnosis.predicted.probability):.2f}"
+    evaluations: list[hd.sr.QualitativeEvaluation] = [
+        TextQualitativeEvaluation(thy_codes.COMMENT, _demo_label(label, diagnosis.model))
+    ]
     if diagnosis.frame_choice:
         evaluations.append(TextQualitativeEvaluation(thy_codes.FRAME_CHOICE, diagnosis.frame_choice))
     evaluations.extend(disclaimer_evaluations(diagnosis.model))
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=tracking_uid(sop_uid, _group_key(diagnosis.source)),
-            identifier=f"Thyroid AI diagnosis {index}",
+            identifier=cornerstone_tracking_identifier(
+                ARROW_ANNOTATE, f"Thyroid AI diagnosis {index}"
+            ),
         ),
         finding_type=thy_codes.to_coded_concept(diagnosis.predicted.code),
         finding_sites=[hd.sr.FindingSite(anatomic_location=thy_codes.THYROID_STRUCTURE)],
@@ -239,6 +293,15 @@ def _diagnosis_group(
         qualitative_evaluations=evaluations or None,
         source_images=[_source_ref(diagnosis.source, ds)],
     )
+    _point_at_peak(
+        group,
+        thy_codes.probability_concept(diagnosis.predicted.key, diagnosis.predicted.code),
+        diagnosis.heatmap,
+        diagnosis.source,
+        ds,
+        down=False,
+    )
+    return group
 
 
 def _graves_group(
@@ -251,7 +314,9 @@ def _graves_group(
     if not (math.isfinite(outcome.threshold) and 0.0 <= outcome.threshold <= 1.0):
         raise ValueError(f"decision threshold is {outcome.threshold}, not in [0, 1]")
     algorithm = algorithm_identification(outcome.model, manufacturer)
+    label = f"I-131 cure {value:.2f}: {'yes' if outcome.cured else 'no'}"
     evaluations: list[hd.sr.QualitativeEvaluation] = [
+        TextQualitativeEvaluation(thy_codes.COMMENT, _demo_label(label, outcome.model)),
         hd.sr.QualitativeEvaluation(
             name=thy_codes.I131_CURE, value=thy_codes.YES if outcome.cured else thy_codes.NO
         ),
@@ -261,10 +326,12 @@ def _graves_group(
         ),
         *disclaimer_evaluations(outcome.model),
     ]
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=tracking_uid(sop_uid, "graves/" + _group_key(outcome.source)),
-            identifier=f"Thyroid AI I-131 outcome {index}",
+            identifier=cornerstone_tracking_identifier(
+                ARROW_ANNOTATE, f"Thyroid AI I-131 outcome {index}"
+            ),
         ),
         finding_sites=[hd.sr.FindingSite(anatomic_location=thy_codes.THYROID_STRUCTURE)],
         algorithm_id=algorithm,
@@ -279,11 +346,55 @@ def _graves_group(
         qualitative_evaluations=evaluations,
         source_images=[_source_ref(outcome.source, ds)],
     )
+    _point_at_peak(
+        group, thy_codes.PROBABILITY_I131_CURE, outcome.heatmap, outcome.source, ds, down=True
+    )
+    return group
 
 
 def is_image(ds: pydicom.Dataset) -> bool:
     """Whether a source can be referenced as an IMAGE (has the Image Pixel module)."""
     return "Rows" in ds and "Columns" in ds
+
+
+def verdict_group(
+    *,
+    tracking_identifier: str,
+    tracking_uid_: str,
+    label: str,
+    finding_site: hd.sr.CodedConcept,
+    algorithm: hd.sr.AlgorithmIdentification,
+    evaluations: list[hd.sr.QualitativeEvaluation],
+    ds: pydicom.Dataset,
+    frame: int | None,
+    region: tuple[float, float, float, float] | None = None,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """A verdict without a measurement (not analysable, nothing found) on one image.
+
+    TID 1410 with the image region the verdict concerns (``region`` ``(row0, col0, row1,
+    col1)``, the whole image by default) as a rectangle, named for OHIF's RectangleROI tool
+    and labelled by a Comment row.  OHIF 3.13 fails to load any measurement of an SR when one
+    group has no spatial coordinates, so a verdict on an image carries the image's outline
+    rather than nothing.
+    """
+    row0, col0, row1, col1 = region or (0, 0, int(ds.Rows), int(ds.Columns))
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid_,
+            identifier=cornerstone_tracking_identifier(RECTANGLE_ROI, tracking_identifier),
+        ),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=rectangle(row0, col0, row1, col1),
+            source_image=source_for_region(ds, frame),
+        ),
+        finding_sites=[hd.sr.FindingSite(anatomic_location=finding_site)],
+        algorithm_id=algorithm,
+        qualitative_evaluations=[
+            TextQualitativeEvaluation(thy_codes.COMMENT, label[:64].rstrip()),
+            *evaluations,
+        ],
+    )
 
 
 def not_analysable_group(
@@ -294,8 +405,12 @@ def not_analysable_group(
     manufacturer: str,
     *,
     finding_site: hd.sr.CodedConcept = thy_codes.THYROID_STRUCTURE,
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 group saying why a source could not be analysed.
+) -> hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1500 group saying why a source could not be analysed.
+
+    On an image: a TID 1410 group whose region is the whole image (frame), see
+    :func:`verdict_group`.  On a non-image instance (a KOS, an earlier SR): a TID 1501 group
+    that names the instance in its reason (an IMAGE item cannot point at it).
 
     Parameters
     ----------
@@ -315,7 +430,7 @@ def not_analysable_group(
 
     Returns
     -------
-    highdicom.sr.MeasurementsAndQualitativeEvaluations
+    highdicom.sr.PlanarROIMeasurementsAndQualitativeEvaluations or highdicom.sr.MeasurementsAndQualitativeEvaluations
         The group.
     """
     reason = result.reason or "unspecified"
@@ -326,15 +441,25 @@ def not_analysable_group(
         TextQualitativeEvaluation(thy_codes.REASON_NOT_ANALYSABLE, reason),
         *disclaimer_evaluations(result.model),
     ]
+    identifier = f"Thyroid AI not analysable {index}"
+    uid = tracking_uid(sop_uid, "not-analysable/" + _group_key(result.source))
+    algorithm = algorithm_identification(result.model, manufacturer)
+    if is_image(ds):
+        return verdict_group(
+            tracking_identifier=identifier,
+            tracking_uid_=uid,
+            label=_demo_label(f"Not analysable: {reason}", result.model),
+            finding_site=finding_site,
+            algorithm=algorithm,
+            evaluations=evaluations,
+            ds=ds,
+            frame=result.source.frame_number or 1,
+        )
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=tracking_uid(sop_uid, "not-analysable/" + _group_key(result.source)),
-            identifier=f"Thyroid AI not analysable {index}",
-        ),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=identifier),
         finding_sites=[hd.sr.FindingSite(anatomic_location=finding_site)],
-        algorithm_id=algorithm_identification(result.model, manufacturer),
+        algorithm_id=algorithm,
         qualitative_evaluations=evaluations,
-        source_images=[_source_ref(result.source, ds)] if is_image(ds) else None,
     )
 
 
@@ -406,7 +531,10 @@ def encode_nm_sr(
     )
     sop_uid = uids.sop_instance_uid
 
-    groups = []
+    groups: list[
+        hd.sr.MeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    ] = []
     n_graves = 0
     for i, d in enumerate(results.diagnoses, start=1):
         ds = by_uid[d.source.sop_instance_uid]

@@ -57,6 +57,7 @@ from collections.abc import Sequence
 from typing import Final
 
 import highdicom as hd
+import numpy as np
 import pydicom
 
 from workers.encode import codes as thy_codes
@@ -79,6 +80,14 @@ from workers.encode.sr import (
     disclaimer_evaluations,
     is_image,
     not_analysable_group,
+)
+from workers.encode.sr_geometry import (
+    BIDIRECTIONAL,
+    Axes,
+    attach_scoord,
+    axes,
+    cornerstone_tracking_identifier,
+    source_for_region,
 )
 from workers.encode.uids import ObjectKind, output_uids, tracking_uid
 from workers.pipelines.results import CTLesion, CTResults, CTSeriesUsed
@@ -198,6 +207,31 @@ def _check_seg(results: CTResults, series: CTSeriesUsed, seg: pydicom.Dataset | 
             raise ValueError(f"the SEG's segment {lesion.index} is not lesion {lesion.index}")
 
 
+def _axes_slice(lesion: CTLesion) -> int:
+    """Volume slice of the in-plane axes: the one through the centre, else the widest cut.
+
+    The centre slice may miss a crescent-shaped lesion; then the slice where the lesion's
+    cross-section is largest (the first of equals) is measured instead.
+    """
+    k0 = lesion.box_origin[0]
+    k = lesion.centre_slice
+    if 0 <= k - k0 < lesion.mask.shape[0] and lesion.mask[k - k0].any():
+        return k
+    areas = lesion.mask.reshape(lesion.mask.shape[0], -1).sum(axis=1)
+    return k0 + int(np.argmax(areas))
+
+
+def _in_plane_axes(
+    lesion: CTLesion, series: CTSeriesUsed, datasets: list[pydicom.Dataset]
+) -> tuple[int, Axes]:
+    """Long and short axes (mm) of the lesion in one axial source slice, with their end points."""
+    k = _axes_slice(lesion)
+    k0, r0, c0 = lesion.box_origin
+    spacing = _library_image(datasets[k]).PixelSpacing
+    drawn = axes(lesion.mask[k - k0], (float(spacing[0]), float(spacing[1])), origin=(r0, c0))
+    return k, drawn
+
+
 def _lesion_group(
     lesion: CTLesion,
     results: CTResults,
@@ -215,7 +249,21 @@ def _lesion_group(
     segmenter = algorithm_identification(results.segmentation_model, manufacturer)
     classifier = algorithm_identification(results.classifier_model, manufacturer)
     tracking_id, tracking_uid_ = tracking(results, series, lesion)
+    k, drawn = _in_plane_axes(lesion, series, datasets)
     measurements = [
+        # first: OHIF's Bidirectional tool reads the group's first NUM and the short axis
+        hd.sr.Measurement(
+            name=thy_codes.LONG_AXIS,
+            value=round(drawn.long, 2),
+            unit=thy_codes.MILLIMETER,
+            algorithm_id=segmenter,
+        ),
+        hd.sr.Measurement(
+            name=thy_codes.SHORT_AXIS,
+            value=round(drawn.short, 2),
+            unit=thy_codes.MILLIMETER,
+            algorithm_id=segmenter,
+        ),
         hd.sr.Measurement(
             name=thy_codes.DIAMETER,
             value=float(lesion.diameter_mm),
@@ -238,7 +286,9 @@ def _lesion_group(
     ]
     x, y, z = lesion.centre_mm
     model = results.classifier_model
+    demo = combined_model(results.segmentation_model, model).demo
     evaluations: list[hd.sr.QualitativeEvaluation] = [
+        TextQualitativeEvaluation(thy_codes.COMMENT, f"DEMO {tracking_id}" if demo else tracking_id),
         hd.sr.QualitativeEvaluation(
             name=thy_codes.RAI_REFRACTORY,
             value=thy_codes.YES if lesion.refractory else thy_codes.NO,
@@ -249,11 +299,19 @@ def _lesion_group(
             f"({model.name} {model.version})",
         ),
         TextQualitativeEvaluation(thy_codes.LESION_CENTRE, f"x {x:.1f}, y {y:.1f}, z {z:.1f}"),
+        TextQualitativeEvaluation(
+            thy_codes.AXES_PLANE,
+            f"long and short axis in axial slice {k + 1} of {len(series.slices)} "
+            f"({'through the centre' if k == lesion.centre_slice else 'largest cross-section'}); "
+            "diameter (maximum) and volume in 3D",
+        ),
         TextQualitativeEvaluation(thy_codes.SERIES_CHOICE, series.choice or "unspecified"),
         *disclaimer_evaluations(combined_model(results.segmentation_model, model)),
     ]
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid_, identifier=tracking_id),
+    group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid_, identifier=cornerstone_tracking_identifier(BIDIRECTIONAL, tracking_id)
+        ),
         referenced_segment=hd.sr.ReferencedSegment(
             sop_class_uid=seg.SOPClassUID,
             sop_instance_uid=seg.SOPInstanceUID,
@@ -269,10 +327,38 @@ def _lesion_group(
         measurements=measurements,
         qualitative_evaluations=evaluations,
     )
+    source = source_for_region(datasets[k], series.slices[k].frame_number)
+    for concept, line in ((thy_codes.LONG_AXIS, drawn.long_line), (thy_codes.SHORT_AXIS, drawn.short_line)):
+        attach_scoord(group, concept, hd.sr.GraphicTypeValues.POLYLINE, line, source)
+    return group
+
+
+def _series_sources(
+    series: CTSeriesUsed, datasets: list[pydicom.Dataset]
+) -> list[hd.sr.SourceImageForMeasurementGroup]:
+    """Every slice (frame) of the series analysed: what a "no lesion" verdict is about."""
+    frames: dict[str, list[int]] = {}
+    for image, ds in zip(series.slices, datasets, strict=True):
+        numbers = frames.setdefault(str(ds.SOPInstanceUID), [])
+        if image.frame_number is not None and "NumberOfFrames" in ds:
+            numbers.append(image.frame_number)
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
+    return [
+        hd.sr.SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=by_uid[uid].SOPClassUID,
+            referenced_sop_instance_uid=uid,
+            referenced_frame_numbers=sorted(numbers) or None,
+        )
+        for uid, numbers in frames.items()
+    ]
 
 
 def _no_lesion_group(
-    results: CTResults, series: CTSeriesUsed, sop_uid: str, manufacturer: str
+    results: CTResults,
+    series: CTSeriesUsed,
+    datasets: list[pydicom.Dataset],
+    sop_uid: str,
+    manufacturer: str,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     model = combined_model(results.segmentation_model, results.classifier_model)
     return hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -289,6 +375,7 @@ def _no_lesion_group(
             TextQualitativeEvaluation(thy_codes.SERIES_CHOICE, series.choice or "unspecified"),
             *disclaimer_evaluations(model),
         ],
+        source_images=_series_sources(series, datasets),
     )
 
 
@@ -348,6 +435,7 @@ def encode_ct_sr(
 
     groups: list[
         hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
         | hd.sr.MeasurementsAndQualitativeEvaluations
     ] = []
     if series is not None and seg is not None:
@@ -356,7 +444,9 @@ def encode_ct_sr(
             for lesion in results.lesions
         ]
     elif series is not None:
-        groups.append(_no_lesion_group(results, series, uids.sop_instance_uid, manufacturer))
+        groups.append(
+            _no_lesion_group(results, series, datasets, uids.sop_instance_uid, manufacturer)
+        )
     groups += [
         not_analysable_group(
             n, i, ds, uids.sop_instance_uid, manufacturer, finding_site=thy_codes.LUNG

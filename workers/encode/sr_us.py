@@ -86,6 +86,14 @@ from workers.encode.sr import (
     disclaimer_evaluations,
     is_image,
     not_analysable_group,
+    verdict_group,
+)
+from workers.encode.sr_geometry import (
+    BIDIRECTIONAL,
+    Axes,
+    attach_scoord,
+    axes,
+    cornerstone_tracking_identifier,
 )
 from workers.encode.uids import ObjectKind, output_uids, tracking_uid
 from workers.pipelines.results import ModelInfo, USImageUsed, USNodule, USResults
@@ -178,7 +186,13 @@ def _probability(
 
 def _sizes(
     nodule: USNodule, segmenter: hd.sr.AlgorithmIdentification | None
-) -> list[hd.sr.Measurement]:
+) -> tuple[list[hd.sr.Measurement], Axes]:
+    """Long axis, short axis and area of a nodule, and where the axes lie on the image.
+
+    The end points come from the nodule's mask by the construction that measured the sizes
+    (:func:`workers.encode.sr_geometry.axes`); a drawn axis whose length differs from the
+    reported one by more than a pixel would mislead, so that is refused.
+    """
     length, area = (
         (thy_codes.MILLIMETER, thy_codes.SQUARE_MILLIMETER)
         if nodule.calibrated
@@ -197,7 +211,17 @@ def _sizes(
         out.append(
             hd.sr.Measurement(name=name, value=float(value), unit=unit, algorithm_id=segmenter)
         )
-    return out
+    spacing = nodule.image.spacing_mm if nodule.calibrated and nodule.image.spacing_mm else (1.0, 1.0)
+    drawn = axes(nodule.mask, spacing, origin=(nodule.box[0], nodule.box[1]))
+    for name, value, line in (
+        (thy_codes.LONG_AXIS, nodule.long_axis, drawn.long),
+        (thy_codes.SHORT_AXIS, nodule.short_axis, drawn.short),
+    ):
+        if abs(value - line) > max(spacing):
+            raise ValueError(
+                f"nodule {nodule.index}: {name.meaning} {value} differs from its mask's ({line:.2f})"
+            )
+    return out, drawn
 
 
 def _decision(
@@ -220,6 +244,11 @@ def _decision(
     ]
 
 
+def _label(tracking_id: str, results: USResults) -> str:
+    """The measurement's label in a viewer: "Nodule <n>", "DEMO" first for demo models."""
+    return f"DEMO {tracking_id}" if us_model(results).demo else tracking_id
+
+
 def _nodule_group(
     nodule: USNodule,
     results: USResults,
@@ -233,8 +262,11 @@ def _nodule_group(
     site = nodule.outline_source == OUTLINE_SITE
     seg_model = results.segmentation_model
     segmenter = None if site else algorithm_identification(seg_model, manufacturer)
-    measurements = _sizes(nodule, segmenter)
-    evaluations: list[hd.sr.QualitativeEvaluation] = []
+    measurements, drawn = _sizes(nodule, segmenter)
+    tracking_id, tracking_uid_ = tracking(results, nodule)
+    evaluations: list[hd.sr.QualitativeEvaluation] = [
+        TextQualitativeEvaluation(thy_codes.COMMENT, _label(tracking_id, results))
+    ]
     if malignancy is not None and mal_model is not None:
         measurements.append(
             hd.sr.Measurement(
@@ -279,7 +311,6 @@ def _nodule_group(
         TextQualitativeEvaluation(thy_codes.REGION_CHOICE, nodule.image.choice or "unspecified"),
         *disclaimer_evaluations(us_model(results)),
     ]
-    tracking_id, tracking_uid_ = tracking(results, nodule)
     region = None
     referenced = None
     if segment is None:
@@ -302,8 +333,11 @@ def _nodule_group(
                 referenced_frame_numbers=[frame] if frame is not None else None,
             ),
         )
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid_, identifier=tracking_id),
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid_,
+            identifier=cornerstone_tracking_identifier(BIDIRECTIONAL, tracking_id),
+        ),
         referenced_region=region,
         referenced_segment=referenced,
         finding_category=thy_codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
@@ -313,6 +347,13 @@ def _nodule_group(
         measurements=measurements,
         qualitative_evaluations=evaluations,
     )
+    # OHIF's Bidirectional tool: the long axis (the group's first NUM) and the short axis,
+    # each with its end points on the image (frame)
+    for concept, line in ((thy_codes.LONG_AXIS, drawn.long_line), (thy_codes.SHORT_AXIS, drawn.short_line)):
+        attach_scoord(
+            group, concept, hd.sr.GraphicTypeValues.POLYLINE, line, _source_for_region(nodule.image, ds)
+        )
+    return group
 
 
 def _drop_segment_numbers(item: pydicom.Dataset) -> int:
@@ -341,30 +382,26 @@ def _no_nodule_group(
     ds: pydicom.Dataset,
     sop_uid: str,
     manufacturer: str,
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """"No thyroid nodule found" on one image (frame): TID 1410 over the B-mode region searched."""
     sop, frame_key = image_key(image)
-    frame = referenced_frame(image, ds)
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=tracking_uid(sop_uid, f"no-nodule/{sop}#{frame_key}"),
-            identifier=f"No thyroid nodule {index}",
-        ),
-        finding_sites=[hd.sr.FindingSite(anatomic_location=thy_codes.THYROID_STRUCTURE)],
-        algorithm_id=algorithm_identification(results.segmentation_model, manufacturer),
-        qualitative_evaluations=[
+    model = us_model(results)
+    return verdict_group(
+        tracking_identifier=f"No thyroid nodule {index}",
+        tracking_uid_=tracking_uid(sop_uid, f"no-nodule/{sop}#{frame_key}"),
+        label="DEMO No thyroid nodule found" if model.demo else "No thyroid nodule found",
+        finding_site=thy_codes.THYROID_STRUCTURE,
+        algorithm=algorithm_identification(results.segmentation_model, manufacturer),
+        evaluations=[
             hd.sr.QualitativeEvaluation(
                 name=thy_codes.ANALYSIS_RESULT, value=thy_codes.NO_NODULE_FOUND
             ),
             TextQualitativeEvaluation(thy_codes.REGION_CHOICE, image.choice or "unspecified"),
-            *disclaimer_evaluations(us_model(results)),
+            *disclaimer_evaluations(model),
         ],
-        source_images=[
-            hd.sr.SourceImageForMeasurementGroup(
-                referenced_sop_class_uid=ds.SOPClassUID,
-                referenced_sop_instance_uid=ds.SOPInstanceUID,
-                referenced_frame_numbers=[frame] if frame is not None else None,
-            )
-        ],
+        ds=ds,
+        frame=referenced_frame(image, ds),
+        region=image.region,
     )
 
 

@@ -201,6 +201,23 @@ def _foreign_image(sr: pydicom.Dataset) -> None:
     scoord.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID = "1.2.3.4"
 
 
+def _verdict(sr: pydicom.Dataset) -> pydicom.Dataset:
+    return next(g for g in _groups(sr) if any(concept(c) == ("ANALYSIS-RESULT", "99THYAI") for c in children(g)))
+
+
+def _verdict_without_region(sr: pydicom.Dataset) -> None:
+    _drop(_verdict(sr), lambda c: c.ValueType == "SCOORD")
+
+
+def _verdict_without_region_or_tool(sr: pydicom.Dataset) -> None:
+    group = _verdict(sr)
+    _drop(group, lambda c: c.ValueType == "SCOORD")
+    next(c for c in children(group) if concept(c) == ("112039", "DCM")).TextValue = "not analysable"
+    # keep a reference to the image, as a TID 1501 group would
+    region_source = copy.deepcopy(next(i for i in walk(_groups(sr)[0]) if i.ValueType == "IMAGE"))
+    group.ContentSequence.append(region_source)
+
+
 BREAKS: list[tuple[Callable[[pydicom.Dataset], None], str]] = [
     (_no_tracking_uid, "group 1: no valid Tracking Unique Identifier"),
     (_same_tracking_uid, "used twice"),
@@ -215,6 +232,8 @@ BREAKS: list[tuple[Callable[[pydicom.Dataset], None], str]] = [
     (_outside_image, "SCOORD points outside"),
     (_no_disclaimer, "without a Disclaimer row"),
     (_foreign_image, "not in the evidence"),
+    (_verdict_without_region, "RectangleROI needs one closed 5-point POLYLINE"),
+    (_verdict_without_region_or_tool, "a verdict on one image without its image region"),
 ]
 
 

@@ -33,7 +33,8 @@ Identification Sequence by :func:`private_coding_scheme`): one concept per
 class probability ("Probability of <class>"), and the few TID 1501 qualitative
 evaluations no standard code says as plainly (analysis result, reason, frame
 choice, disclaimer; for CT: RAI-refractory status, decision threshold, lesion
-centre, series selection, "no lung lesion found").
+centre, plane of the axes, series selection, "no lung lesion found"; the NM
+arrow to the Grad-CAM peak).
 """
 
 from __future__ import annotations

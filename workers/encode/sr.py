@@ -10,32 +10,39 @@ Document layout (all built with highdicom's template classes)::
       Image Library: every source image (at least one is required)
       Imaging Measurements
         per NMDiagnosis, one Measurement Group (TID 1501):
-          Tracking Identifier + Tracking Unique Identifier (deterministic)
+          Tracking Identifier "Cornerstone3DTools@^0.1.0:ArrowAnnotate:Thyroid AI
+            diagnosis <n>" + Tracking Unique Identifier (deterministic)
           Finding = the predicted class (ClassProbability.code)
           Finding Site = (69748006, SCT, "Thyroid structure")
           Algorithm Identification (TID 4019): model name, version, weights
           one measurement per class: "Probability of <class>" (99THYAI),
-            value 0..1, unit (1, UCUM, "no units"), with the algorithm again
-          TEXT qualitative evaluations (TID 1501 row 12): frame selection,
-            disclaimer when demo
+            value 0..1, unit (1, UCUM, "no units"), with the algorithm again;
+            the predicted class first, with a SCOORD child (INFERRED FROM): an
+            arrow whose tip is the peak of the model's Grad-CAM
+          TEXT qualitative evaluations (TID 1501 row 12): Comment (the label a
+            viewer shows), frame selection, disclaimer when demo
           Source Image for Measurement Group (+ frame number when given)
         right after it, when seed 001 ran on that image (GravesOutcome), a second
         Measurement Group (TID 1501) with its own tracking identifier:
-          Tracking Identifier "Thyroid AI I-131 outcome <n>" + Tracking UID
+          Tracking Identifier "Cornerstone3DTools@^0.1.0:ArrowAnnotate:Thyroid AI
+            I-131 outcome <n>" + Tracking UID
           Finding Site = (69748006, SCT, "Thyroid structure")
           Algorithm Identification (TID 4019): seed 001's name, version, weights
           "Probability of cure after I-131 therapy" (99THYAI P-I131_CURE),
             value 0..1, unit (1, UCUM, "no units"), with seed 001's algorithm
+            and its arrow to seed 001's Grad-CAM peak (tail on the other side)
           CODE evaluation "Cure after first I-131 therapy" (99THYAI) = Yes / No
             (SCT) at the card's decision threshold
-          TEXT evaluations: decision threshold, disclaimer when demo
+          TEXT evaluations: Comment, decision threshold, disclaimer when demo
           Source Image for Measurement Group: the same image (and frame)
-        per NotAnalysable, one Measurement Group:
-          Tracking Identifier, Finding Site, Algorithm Identification
+        per NotAnalysable on an image, one Planar ROI group (TID 1410):
+          Tracking Identifier "Cornerstone3DTools@^0.1.0:RectangleROI:Thyroid AI
+            not analysable <n>", Image Region = the whole image (frame)
+          Finding Site, Algorithm Identification
           CODE evaluation "AI analysis result" = "Not analysable" (99THYAI)
-          TEXT evaluation "Reason not analysable" = the pipeline's reason
-          Source Image for Measurement Group (for a non-image source, e.g. a
-            KOS or SR in the study, the reason names the instance instead)
+          TEXT evaluations: Comment, "Reason not analysable" = the reason
+        per NotAnalysable on a non-image instance (a KOS or SR in the study), a
+          TID 1501 group as above without region, the reason naming the instance
 
 Choices
 -------
@@ -63,6 +70,11 @@ Choices
   seed 001 (as the CT SR does for its two models), and the Contributing
   Equipment names each model in an item of its own.  Without seed-001 results
   the document is exactly seed 003's (same UIDs as before seed 001 existed).
+* Viewers: the layout is what OHIF v3 (3.13) loads into its Measurements panel
+  (:mod:`workers.encode.sr_geometry`): the tool named in the Tracking Identifier,
+  the geometry under the group's first NUM, a Comment row as the label; an SR in
+  which one group on an image has no coordinates loads no measurement at all,
+  hence the region of a not-analysable image.
 * Times: Content Date/Time, Instance Creation Date/Time and the processing
   equipment's Contribution DateTime all come from ``content_datetime``: the
   same input gives a byte-identical file.

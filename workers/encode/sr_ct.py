@@ -10,23 +10,27 @@ Document layout (all built with highdicom's template classes)::
         no lesion was found); every slice of the series is in the evidence
       Imaging Measurements
         per CTLesion, one Volumetric ROI group (TID 1411):
-          Tracking Identifier "Lesion <n>" + the Tracking UID the SEG's segment n has
+          Tracking Identifier "Cornerstone3DTools@^0.1.0:Bidirectional:Lesion <n>"
+            + the Tracking UID the SEG's segment n has
           Referenced Segment: SEG instance + segment n (no frame numbers), with
             Source Image for Segmentation = the source slices (frames) of the lesion
           Finding Category (49755003, SCT), Finding (14799000, SCT, "Neoplasm,
             metastatic"), Finding Site lung + laterality right/left
           Algorithm Identification (TID 4019): the segmentation model
-          Diameter (81827009, SCT) derivation Maximum, mm     } segmentation model
-          Volume (118565006, SCT), mm3                        }
-          Probability of RAI-refractory status (99THYAI), 1   } classifier model
+          Long Axis (103339001, SCT), mm, end points (SCOORD)  } in the axial source
+          Short Axis (103340004, SCT), mm, end points (SCOORD) } slice through the centre
+          Diameter (81827009, SCT) derivation Maximum, mm: 3D  } segmentation model
+          Volume (118565006, SCT), mm3                         }
+          Probability of RAI-refractory status (99THYAI), 1    } classifier model
           CODE evaluation "RAI-refractory" = Yes / No (SCT)
-          TEXT evaluations: decision threshold, lesion centre (LPS mm),
-            series selection, disclaimer when demo
+          TEXT evaluations: Comment "Lesion <n>", decision threshold, lesion centre
+            (LPS mm), plane of the axes, series selection, disclaimer when demo
         analysed, no lesion: one Measurements group (TID 1501):
           Tracking Identifier "No lung lesion", Finding Site lung,
           Algorithm Identification (segmentation model),
           CODE evaluation "AI analysis result" = "No lung lesion found" (99THYAI),
-          TEXT evaluations: series selection, disclaimer when demo
+          TEXT evaluations: series selection, disclaimer when demo,
+          Source Image for Measurement Group: every slice (frame) of the series
         per NotAnalysable: the NM SR's not-analysable group, Finding Site lung
 
 Choices
@@ -34,6 +38,11 @@ Choices
 * TID 1500 needs at least one measurement group (highdicom enforces it), hence the
   "no lung lesion found" group for an analysed study without lesions: a coded answer a
   machine can read, which dciodvfy and dsrdump accept.
+* The 3D largest diameter need not lie in one slice, so it carries no coordinates; what a
+  viewer draws (OHIF's Bidirectional tool) is the in-plane long and short axis of the axial
+  source slice through the lesion centre (the largest cross-section when that slice holds none
+  of the lesion), measured on the mask as the US nodules are
+  (:func:`workers.encode.sr_geometry.axes`); the long axis can be shorter than the 3D diameter.
 * The yes/no evaluation is the classifier's decision at the card's threshold
   (``CTLesion.refractory``); the threshold itself is a TEXT evaluation next to it.
 * Flags, DEMO marking, times and series placement as in :mod:`workers.encode.sr`

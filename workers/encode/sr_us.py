@@ -9,29 +9,35 @@ Document layout (all built with highdicom's template classes)::
       Image Library: every image analysed or refused
       Imaging Measurements
         per USNodule, one Planar ROI group (TID 1410):
-          Tracking Identifier "Nodule <n>" + the Tracking UID its SEG segment has
+          Tracking Identifier "Cornerstone3DTools@^0.1.0:Bidirectional:Nodule <n>"
+            + the Tracking UID its SEG segment has
           the outline: Referenced Segment (SEG instance, frame and segment number, with the
             source image and frame) when a SEG is given, else a closed POLYLINE SCOORD on
             the source image (frame), in the pixel coordinates of PS3.3 C.18.6.1.1
           Finding Category (49755003, SCT), Finding (27925004, SCT, "Nodule"),
           Finding Site (69748006, SCT, "Thyroid structure")
           Algorithm Identification (TID 4019): the segmentation model (model outlines only)
-          Long axis (103339001, SCT), Short axis (103340004, SCT)  } mm, or {pixels} when
-          Area (42798000, SCT)                                      } the image is uncalibrated
+          Long Axis (103339001, SCT), Short Axis (103340004, SCT)  } mm, or {pixels} when
+            each with its end points (SCOORD, INFERRED FROM)       } the image is
+          Area (42798000, SCT)                                      } uncalibrated
           Probability of malignancy (99THYAI), unit 1              } malignancy model (seed 004)
           Probability of large-volume lymph node metastasis, 1     } LVLNM model (seed 002)
           CODE evaluations "Malignant" / "Large-volume lymph node metastasis" = Yes / No (SCT)
-          TEXT evaluations: each decision threshold (with its model), backbones averaged,
-            outline source, size unit (uncalibrated images), nodule centre, region choice,
-            disclaimer when demo
-        per analysed image without a nodule, one Measurements group (TID 1501):
-          Tracking Identifier "No thyroid nodule <i>", Finding Site thyroid, the segmentation
+          TEXT evaluations: Comment "Nodule <n>", each decision threshold (with its model),
+            backbones averaged, outline source, size unit (uncalibrated images), nodule
+            centre, region choice, disclaimer when demo
+        per analysed image without a nodule, one Planar ROI group (TID 1410):
+          Tracking Identifier "Cornerstone3DTools@^0.1.0:RectangleROI:No thyroid nodule <i>",
+          Image Region = the B-mode region searched, Finding Site thyroid, the segmentation
           model, CODE evaluation "AI analysis result" = "No thyroid nodule found" (99THYAI),
-          TEXT region choice, disclaimer when demo, Source Image for Measurement Group
-        per NotAnalysable: the NM SR's not-analysable group (reason, source image)
+          TEXT Comment, region choice, disclaimer when demo
+        per NotAnalysable: the NM SR's not-analysable group (reason, the image's region)
 
 Choices
 -------
+* What a viewer draws (OHIF's Bidirectional tool, :mod:`workers.encode.sr_geometry`): the
+  long and short axes, as one measurement with one label, their end points computed on the
+  mask by the construction that measured the sizes (a mismatch of more than a pixel is refused).
 * Sizes of an uncalibrated image (``USNodule.calibrated`` False) are in pixels: unit
   ``({pixels}, UCUM, "pixels")`` / ``({pixels}.{pixels}, UCUM, "square pixels")`` and a TEXT
   row "sizes in pixels: no calibrated ultrasound region", so that nobody reads them as mm.

@@ -36,12 +36,14 @@ import logging
 import math
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydicom.dataset import Dataset
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LassoCV, lasso_path
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -67,6 +69,7 @@ from model_zoo.nm_graves_i131.model import (
 from model_zoo.nm_thyroid_dx.preprocess import NORMALISATION, normalise
 from model_zoo.phantoms.nm_graves import CURE_AREA_CUTOFF_MM2, LABEL_NOISE, GravesPhantom, graves_case, graves_dataset
 from model_zoo.progress import ProgressFn, reporter
+from model_zoo.site_training import Checkpoints, Stateful
 from model_zoo.validation.stats import youden_midpoint
 from model_zoo.validation.stats import auc_delong, binary_metrics, delong_test
 
@@ -136,15 +139,23 @@ def recalibrate_bn(net: GravesResNet50, x: torch.Tensor, device: torch.device) -
 
 def fit_resnet(
     net: GravesResNet50, x: torch.Tensor, y: np.ndarray, epochs: int, seed: int, device: torch.device,
-    report: ProgressFn,
+    report: ProgressFn, checkpoints: Checkpoints | None = None,
 ) -> None:
-    """Train ``net`` end to end on cured / not cured (see the module's recipe), then recalibrate BN."""
+    """Train ``net`` end to end on cured / not cured (see the module's recipe), then recalibrate BN.
+
+    With ``checkpoints``, the network, optimiser, schedule and random stream are saved after every
+    epoch and an interrupted run resumes from the last one (the result is that of an uninterrupted run).
+    """
     gen = torch.Generator().manual_seed(seed)
     labels = torch.from_numpy(y)
     steps = math.ceil(len(x) / BATCH)
     opt = torch.optim.Adam(net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=max(1, epochs * steps), pct_start=0.2)
-    for epoch in range(epochs):
+    state: dict[str, Stateful] = {"net": net, "opt": opt, "sched": sched}
+    done = checkpoints.restore(state, {"gen": gen}) if checkpoints is not None else 0
+    if done:
+        report(0.05 + 0.7 * done / max(1, epochs), f"ResNet50 resumed after epoch {done}/{epochs}")
+    for epoch in range(done, epochs):
         net.train()
         order = torch.randperm(len(x), generator=gen)
         loss_sum, correct = 0.0, 0
@@ -159,6 +170,8 @@ def fit_resnet(
             sched.step()
             loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.detach().argmax(1) == yb).sum())
+        if checkpoints is not None:
+            checkpoints.save(epoch + 1, state, {"gen": gen})
         report(0.05 + 0.7 * (epoch + 1) / epochs,
                f"ResNet50 epoch {epoch + 1}/{epochs}: loss {loss_sum / len(x):.3f}, accuracy {correct / len(x):.3f}")
     recalibrate_bn(net, x, device)
@@ -222,11 +235,22 @@ def _readme(card: ModelCard, spec: GravesSpec, epochs: int, record: dict[str, An
     held = {k: v for k, v in perf.items() if k.startswith("heldout")}
     widths = list(spec.resnet50.block_inplanes)
     rows = "\n".join(f"| {x.key} | {x.coding_scheme} {x.code_value} | {x.code_meaning} |" for x in card.labels)
+    banner = ("DEMO weights trained on phantoms, not for clinical use." if card.demo else
+              "Site weights (`demo: false`): validate them locally (`thyroid-node validate`) before clinical use.")
+    held_line = (f"- Held-out phantom figures: {json.dumps(held)}. Phantom figures say nothing about patients."
+                 if card.demo else f"- Held-out figures (studies held out by study): {json.dumps(held)}.")
+    outcome = (f"""- The outcome is a phantom convention (`model_zoo.phantoms.nm_graves`): cured when the anterior gland
+  area is below {CURE_AREA_CUTOFF_MM2:.0f} mm², labels flipped with probability {LABEL_NOISE}. The
+  augmentation has no scaling because size is the signal there.
+""" if card.demo else """- The augmentation has no scaling (the demo's recipe: in its phantoms the gland's size is the signal).
+""")
+    rebuild = (f"Rebuild with `python -m model_zoo.demo {card.name}`." if card.demo else
+               f"Retrain with `thyroid-node train {card.name}` (`model_zoo/nm_graves_i131/site.py`).")
     return f"""# {card.title} ({card.ident})
 
 **{card.intended_use}**
 
-DEMO weights trained on phantoms, not for clinical use.
+{banner}
 
 - Modality: {card.modality}. Population: {card.population}
 - Input: {card.input.size} x {card.input.size}, {card.input.channels} channel; {card.input.normalisation}.
@@ -240,20 +264,17 @@ DEMO weights trained on phantoms, not for clinical use.
   `{spec.random_forest}` -> P(cured). Decision threshold {card.decision_thresholds.get("cured")}:
   {perf.get("threshold_rule")}.
 - Training data: {card.training_data}
-- Held-out phantom figures: {json.dumps(held)}. Phantom figures say nothing about patients. The paper
+{held_line} The paper
   reported (its own, unpublished weights) ResNet50 AUC 0.828 train / 0.806 validation and a random forest on
   16 deep features with test AUC 0.924.
 
-## Demo deviations from the paper
+## {"Demo deviations" if card.demo else "Deviations"} from the paper
 
 - Widths {widths} (the paper's ResNet50: [64, 128, 256, 512], 2,048 pooled features) at {spec.input_size} px
   (the paper does not give its input size), trained from scratch (no ImageNet download) for {epochs} epochs
   with a one-cycle learning rate and batch-norm recalibration; the paper's optimiser settings are not
   published.
-- The outcome is a phantom convention (`model_zoo.phantoms.nm_graves`): cured when the anterior gland
-  area is below {CURE_AREA_CUTOFF_MM2:.0f} mm², labels flipped with probability {LABEL_NOISE}. The
-  augmentation has no scaling because size is the signal there.
-- Which LASSO the paper ran is not stated: here LassoCV on the 0/1 label (as seed 002); the random
+{outcome}- Which LASSO the paper ran is not stated: here LassoCV on the 0/1 label (as seed 002); the random
   forest's settings are not stated either (scikit-learn's, with the arguments above).
 
 ## Labels (output order)
@@ -273,7 +294,7 @@ Private 99THYAI codes: no SNOMED CT concept for the outcome could be confirmed o
   (skops, loaded only with an explicit list of trusted types). `{SELECTED_FILE}`: the selected columns and
   the LASSO record. All sha256-checked from the card.
 
-Rebuild with `python -m model_zoo.demo {card.name}`.
+{rebuild}
 """
 
 
@@ -329,80 +350,153 @@ def train(
     t0 = time.monotonic()
     report = reporter(NAME, progress)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    rf_kwargs = {**(RANDOM_FOREST if random_forest is None else random_forest), "random_state": seed}
-    spec = GravesSpec(input_size=input_size, resnet50=ResNet50Spec.model_validate(resnet50), n_features=n_features,
-                      random_forest=rf_kwargs)
+    spec = make_spec(input_size, resnet50, n_features, random_forest, seed)
     train_cases, held_cases = phantom_cases(seed, n_train, False), phantom_cases(seed, n_held, True)
     x_tr, y_tr = to_inputs(train_cases, input_size)
     x_ho, y_ho = to_inputs(held_cases, input_size)
     noisy = sum(c.noisy for c in held_cases)
     report(0.05, f"{n_train} training and {n_held} held-out phantoms ({noisy} held-out labels flipped by noise)")
-
-    torch.manual_seed(seed)
-    net = GravesResNet50(spec.resnet50).to(dev)
-    fit_resnet(net, x_tr, y_tr, epochs, seed, dev, report)
-    feats_tr, _ = forward_features(net, x_tr, dev)
-    feats_ho, resnet_ho = forward_features(net, x_ho, dev)
-    resnet_auc = auc_delong(y_ho, resnet_ho)
-    report(0.8, f"ResNet50 alone: held-out AUC {resnet_auc.auc:.3f}; {feats_tr.shape[1]} deep features")
-
-    scaler = StandardScaler().fit(feats_tr)
-    z_tr, z_ho = scaler.transform(feats_tr), scaler.transform(feats_ho)
-    chosen, record = lasso_select(z_tr, y_tr, n_features, seed)
-    cv = StratifiedKFold(5, shuffle=True, random_state=seed)
-    oof = cross_val_predict(RandomForestClassifier(**rf_kwargs), z_tr[:, chosen], y_tr, cv=cv,
-                            method="predict_proba")[:, 1]
-    threshold = youden_midpoint(y_tr, oof)
-    forest = RandomForestClassifier(**rf_kwargs).fit(z_tr[:, chosen], y_tr)
-    p_ho = forest.predict_proba(z_ho[:, chosen])[:, 1]
-    perf = _metrics(y_ho, p_ho, threshold, "heldout")
-    resnet = _metrics(y_ho, resnet_ho, 0.5, "heldout_resnet")
-    versus = delong_test(y_ho, p_ho, resnet_ho)
-    report(0.9, f"LASSO kept {record['nonzero']} non-zero, {len(chosen)} used; "
-                f"forest held-out AUC {perf['heldout_auc']}")
-
-    out = Path(out_dir)
-    for sub in ("models", "configs", "docs"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, out / RESNET_FILE)
-    save_fitted(out, FittedParts(scaler, forest, tuple(chosen), record))
-    seconds = time.monotonic() - t0
-    import sklearn
-    import skops
-
-    card = ModelCard(
-        name=NAME,
-        version=DEMO_VERSION,
-        title="Cure after a first I-131 therapy of Graves' disease from 99mTc-pertechnetate scintigraphy: "
-              "ResNet50 + LASSO-selected deep features + random forest (seed 001 architecture)",
-        demo=True,
+    fitted = fit_pipeline(x_tr, y_tr, spec, epochs=epochs, seed=seed, device=dev, report=report)
+    ds, _ = graves_dataset(held_cases[0].seed, held_cases[0].cured)
+    return write_bundle(
+        out_dir, fitted, x_ho, y_ho, version=DEMO_VERSION, demo=True, device=dev, report=report, started=t0,
         intended_use=("DEMO weights trained on synthetic scintigraphy phantoms only, to exercise the node end to "
                       "end. Not for clinical use; not a medical device."),
         population=("synthetic Graves' disease 99mTc-pertechnetate planar thyroid phantoms (model_zoo.phantoms."
                     "nm_graves); no patients. The paper's population: Graves' disease before a first I-131 therapy"),
-        modality="NM",
-        network=NETWORK,
-        input=InputSpec(size=input_size, channels=1, normalisation=NORMALISATION),
-        labels=list(GRAVES_LABELS),
-        decision_thresholds={"cured": round(threshold, 6)},
-        weights=[WeightsFile(path=p, sha256=sha256_file(out / p)) for p in (RESNET_FILE, FITTED_FILE, SELECTED_FILE)],
         training_data=(
             f"{n_train} balanced Graves' phantoms (graves_case(seed {seed} * 10000 + i)), cured when the gland "
             f"area < {CURE_AREA_CUTOFF_MM2:.0f} mm2 with {LABEL_NOISE:.0%} label noise; ResNet50 {epochs} epochs, "
             f"batch {BATCH}, Adam one-cycle lr peak {LR}, weight decay {WEIGHT_DECAY}, flip/rotation/translation/"
             f"intensity augmentation; held-out: {n_held} balanced phantoms from disjoint seeds"
         ),
+        extra_performance={"heldout_noisy_labels": int(noisy)},
+        inference_check=ds,
+    )
+
+
+def make_spec(input_size: int, resnet50: dict[str, Any], n_features: int, random_forest: dict[str, Any] | None,
+              seed: int) -> GravesSpec:
+    """The card's ``nm_graves`` section (``random_state`` of the forest is ``seed``)."""
+    rf_kwargs = {**(RANDOM_FOREST if random_forest is None else random_forest), "random_state": seed}
+    return GravesSpec(input_size=input_size, resnet50=ResNet50Spec.model_validate(resnet50), n_features=n_features,
+                      random_forest=rf_kwargs)
+
+
+@dataclass
+class FittedPipeline:
+    """The whole seed-001 pipeline fitted on one training set: ResNet50, scaler, LASSO columns, forest."""
+
+    spec: GravesSpec
+    epochs: int
+    net: GravesResNet50
+    scaler: StandardScaler
+    chosen: list[int]
+    record: dict[str, Any]
+    forest: RandomForestClassifier
+    threshold: float  # Youden's J on the out-of-fold training probabilities
+    training_cv_auc: float  # AUC of those out-of-fold probabilities
+
+    def predict(self, x: torch.Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+        """P(cured) of the forest and of the ResNet50 alone, for inputs ``(N, 1, S, S)``."""
+        feats, p_resnet = forward_features(self.net, x, device)
+        z = self.scaler.transform(feats)
+        return self.forest.predict_proba(z[:, self.chosen])[:, 1], p_resnet
+
+
+def fit_pipeline(
+    x: torch.Tensor, y: np.ndarray, spec: GravesSpec, *, epochs: int, seed: int, device: torch.device,
+    report: ProgressFn, checkpoints: Checkpoints | None = None,
+) -> FittedPipeline:
+    """ResNet50 end to end, then deep features, LASSO selection, threshold and random forest.
+
+    The recipe of the module's docstring, shared by the phantom demo (:func:`train`) and a site's
+    own studies (:mod:`model_zoo.nm_graves_i131.site`). ``checkpoints`` makes the ResNet50's
+    epochs resumable (the scikit-learn steps take seconds and are simply redone).
+    """
+    torch.manual_seed(seed)
+    net = GravesResNet50(spec.resnet50).to(device)
+    fit_resnet(net, x, y, epochs, seed, device, report, checkpoints)
+    feats, _ = forward_features(net, x, device)
+    report(0.8, f"ResNet50 trained; {feats.shape[1]} deep features")
+    scaler = StandardScaler().fit(feats)
+    z = scaler.transform(feats)
+    chosen, record = lasso_select(z, y, spec.n_features, seed)
+    rf_kwargs = dict(spec.random_forest)
+    cv = StratifiedKFold(5, shuffle=True, random_state=seed)
+    oof = cross_val_predict(RandomForestClassifier(**rf_kwargs), z[:, chosen], y, cv=cv,
+                            method="predict_proba")[:, 1]
+    threshold = youden_midpoint(y, oof)
+    forest = RandomForestClassifier(**rf_kwargs).fit(z[:, chosen], y)
+    report(0.85, f"LASSO kept {record['nonzero']} non-zero, {len(chosen)} used; forest fitted")
+    return FittedPipeline(spec, epochs, net, scaler, chosen, record, forest, threshold,
+                          float(auc_delong(y, oof).auc))
+
+
+def write_bundle(
+    out_dir: Path,
+    fitted: FittedPipeline,
+    x_ho: torch.Tensor,
+    y_ho: np.ndarray,
+    *,
+    version: str,
+    demo: bool,
+    device: torch.device,
+    report: ProgressFn,
+    started: float,
+    intended_use: str,
+    population: str,
+    training_data: str,
+    extra_performance: dict[str, Any] | None = None,
+    inference_check: Dataset | None = None,
+) -> Path:
+    """Evaluate ``fitted`` on the held-out inputs and write the bundle (card, weights, README).
+
+    ``inference_check``: the DICOM dataset of held-out input 0; the bundle is loaded back and must
+    give, through the serving path (DICOM -> prepare -> ...), the probability the training path gave.
+    """
+    dev, t0, spec = device, started, fitted.spec
+    p_ho, resnet_ho = fitted.predict(x_ho, dev)
+    perf = _metrics(y_ho, p_ho, fitted.threshold, "heldout")
+    resnet = _metrics(y_ho, resnet_ho, 0.5, "heldout_resnet")
+    versus = delong_test(y_ho, p_ho, resnet_ho)
+    report(0.9, f"held-out: forest AUC {perf['heldout_auc']}, ResNet50 alone AUC {resnet['heldout_resnet_auc']}")
+
+    out = Path(out_dir)
+    for sub in ("models", "configs", "docs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in fitted.net.state_dict().items()}, out / RESNET_FILE)
+    save_fitted(out, FittedParts(fitted.scaler, fitted.forest, tuple(fitted.chosen), fitted.record))
+    seconds = time.monotonic() - t0
+    import sklearn
+    import skops
+
+    card = ModelCard(
+        name=NAME,
+        version=version,
+        title="Cure after a first I-131 therapy of Graves' disease from 99mTc-pertechnetate scintigraphy: "
+              "ResNet50 + LASSO-selected deep features + random forest (seed 001 architecture)",
+        demo=demo,
+        intended_use=intended_use,
+        population=population,
+        modality="NM",
+        network=NETWORK,
+        input=InputSpec(size=spec.input_size, channels=1, normalisation=NORMALISATION),
+        labels=list(GRAVES_LABELS),
+        decision_thresholds={"cured": round(fitted.threshold, 6)},
+        weights=[WeightsFile(path=p, sha256=sha256_file(out / p)) for p in (RESNET_FILE, FITTED_FILE, SELECTED_FILE)],
+        training_data=training_data,
         reported_performance={
             **perf,
             "heldout_n": int(len(y_ho)),
-            "heldout_noisy_labels": int(noisy),
+            **(extra_performance or {}),
             **{k: v for k, v in resnet.items() if k in ("heldout_resnet_auc", "heldout_resnet_auc_ci95",
                                                          "heldout_resnet_accuracy")},
             "heldout_forest_vs_resnet_delong_p": round(versus.p_value, 4),
-            "training_cv_auc": round(float(auc_delong(y_tr, oof).auc), 4),
+            "training_cv_auc": round(fitted.training_cv_auc, 4),
             "threshold_rule": "Youden's J on 5-fold out-of-fold training probabilities, midway in the gap below",
-            "lasso_alpha": record["alpha"],
-            "lasso_nonzero": record["nonzero"],
+            "lasso_alpha": fitted.record["alpha"],
+            "lasso_nonzero": fitted.record["nonzero"],
             "training_seconds": round(seconds, 1),
             "training_device": f"{dev.type} ({platform.machine()})",
         },
@@ -416,13 +510,12 @@ def train(
         "numpy_version": np.__version__,
     }
     (out / CARD_PATH).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
-    (out / DOCS_PATH).write_text(_readme(card, spec, epochs, record), encoding="utf-8")
+    (out / DOCS_PATH).write_text(_readme(card, spec, fitted.epochs, fitted.record), encoding="utf-8")
 
-    # the inference path (DICOM -> prepare -> ...) must give the training path's probability
-    model = NMGravesI131.from_bundle(load_bundle(out), device=dev.type)
-    ds, _ = graves_dataset(held_cases[0].seed, held_cases[0].cured)
-    p_infer = model.predict(ds).probability_cured
-    if abs(p_infer - float(p_ho[0])) > (1e-6 if dev.type == "cpu" else 5e-2):  # fp16 autocast on CUDA
-        raise RuntimeError(f"inference path gives {p_infer:.6f}, training path {p_ho[0]:.6f} on the same phantom")
+    if inference_check is not None:  # the serving path (DICOM -> prepare -> ...) must give the training path's
+        model = NMGravesI131.from_bundle(load_bundle(out), device=dev.type)
+        p_infer = model.predict(inference_check).probability_cured
+        if abs(p_infer - float(p_ho[0])) > (1e-6 if dev.type == "cpu" else 5e-2):  # fp16 autocast on CUDA
+            raise RuntimeError(f"inference path gives {p_infer:.6f}, training path {p_ho[0]:.6f} on the same image")
     report(1.0, f"bundle written in {time.monotonic() - t0:.0f} s")
     return out

@@ -118,9 +118,9 @@ def test_process_writes_sr_and_two_kinds_of_sc(models: dict[str, Any], tmp_path:
     assert decisions == ["No"]
     # every row the node must write, and one arrow per model for the viewer
     assert_complete(sr, procedure=("30695-1", "LN"), sources=sources)
-    tools = [str(i.TextValue).split(":")[2] for i in _walk(sr)
+    tools = [str(i.TextValue).split(":")[1] for i in _walk(sr)
              if i.get("ValueType") == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "112039"]
-    assert tools == ["ArrowAnnotate", "ArrowAnnotate"]
+    assert tools == ["ArrowAnnotate"] * 3  # seed 003 on both images, seed 001 on the Graves one
     for ds in objects:
         assert dciodvfy_errors(write(tmp_path, f"{ds.SOPInstanceUID}.dcm", to_bytes(ds))) == []
     # off: seed 003's objects only, the same SR UID as before seed 001 existed

@@ -312,7 +312,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Run a model over a labelled folder; write the papers' statistics as report.json + report.html."""
     from model_zoo.errors import ModelZooError
     from model_zoo.validation.collect import COLLECTORS
-    from model_zoo.validation.report import binary_report, multiclass_report, write_report
+    from model_zoo.validation.report import binary_report, multiclass_report, segmentation_report, write_report
 
     settings = _settings(args)
     _setup_logging("WARNING")
@@ -330,6 +330,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except ModelZooError as exc:
         print(f"thyroid-node: {exc}", file=sys.stderr)
         return 1
+    if got.segmentation is not None:
+        seg = got.segmentation
+        report = segmentation_report(got.model, got.version, seg["nodules"], images=seg["images"],
+                                     false_positives=seg["false_positives"], match_dice=seg["match_dice"],
+                                     studies=seg.get("studies"))
+        if other is not None and other.segmentation is not None:
+            o = other.segmentation
+            summary = segmentation_report(other.model, other.version, o["nodules"], images=o["images"],
+                                          false_positives=o["false_positives"], match_dice=o["match_dice"])
+            report["comparison"] = {"name_b": f"{other.model} {other.version}",
+                                    **{k: summary[k] for k in ("sensitivity", "false_positives_per_image", "dice")}}
+        report["demo"] = got.demo
+        json_path, html_path = write_report(report, Path(args.out))
+        print(f"{got.model} {got.version}: {report['nodules']} outlined nodule(s) on {report['images']} image(s), "
+              f"{report['found']} found, mean Dice {report['dice']['mean'] or 0:.3f}; report: {html_path} and {json_path}")
+        return 0
     if got.probabilities.ndim == 2:
         report = multiclass_report(got.model, got.version, [got.labels[i] for i in got.y_true], got.probabilities,
                                    list(got.labels))
@@ -343,6 +359,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     report["demo"] = got.demo
     if got.detection is not None:
         report["detection"] = got.detection
+    if got.extra:
+        report.update(got.extra)
     json_path, html_path = write_report(report, Path(args.out))
     print(f"{got.model} {got.version}: {len(got.y_true)} case(s); report: {html_path} and {json_path}")
     return 0
@@ -406,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=12, help="number of studies")
     p.add_argument("--seed", type=int, default=9000)
     p = add("validate", cmd_validate, "run a model over labelled studies; the papers' statistics as HTML + JSON")
-    p.add_argument("model", help="zoo key: nm_thyroid_dx or ct_lung_met_rai")
+    p.add_argument("model", help="zoo key: nm_thyroid_dx, ct_lung_met_rai, nm_graves_i131, us_nodule_seg, "
+                                 "us_calcified_nodule or us_lvlnm")
     p.add_argument("--data", required=True, metavar="DIR", help="DICOM files and labels.csv (see docs/validation.md)")
     p.add_argument("--bundle", default=None, help="bundle folder or 'demo' (default: the configured one)")
     p.add_argument("--compare", default=None, metavar="BUNDLE", help="a second bundle (or version): paired DeLong test")

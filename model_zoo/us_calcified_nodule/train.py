@@ -28,6 +28,7 @@ import math
 import platform
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Final
 
 import monai
@@ -41,6 +42,7 @@ from model_zoo.bundle import CARD_PATH, DOCS_PATH, sha256_file
 from model_zoo.card import InputSpec, ModelCard, WeightsFile
 from model_zoo.phantoms.us import USPhantom, training_set
 from model_zoo.progress import ProgressFn, reporter
+from model_zoo.site_training import Checkpoints, Stateful
 from model_zoo.us_calcified_nodule.model import (
     BACKBONES,
     NETWORK,
@@ -176,15 +178,30 @@ def fit(
     gen: torch.Generator,
     dev: torch.device,
     on_epoch: ProgressFn,
+    checkpoints: Checkpoints | None = None,
 ) -> list[float]:
-    """The paper's optimisation on pre-computed crops; returns the training accuracy per epoch."""
+    """The paper's optimisation on pre-computed crops; returns the training accuracy per epoch.
+
+    With ``checkpoints``, the state after each epoch (network, optimiser, plateau schedule, the
+    augmentation stream ``gen`` and torch's global stream, which dropout draws from) is saved, and
+    an interrupted run resumes from it with the result of an uninterrupted one.
+    """
     net.to(dev).train()
     opt = torch.optim.Adam(net.parameters(), lr=LR)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=PLATEAU_FACTOR,
                                                          patience=PLATEAU_PATIENCE)
     steps = math.ceil(len(crops) / BATCH)
-    history = []
-    for epoch in range(epochs):
+    history: list[float] = []
+    state: dict[str, Stateful] = {"net": net, "opt": opt, "plateau": plateau}
+    streams = {"gen": gen, "torch": torch.default_generator}
+    done = 0
+    if checkpoints is not None:
+        extra: dict[str, Any] = {}
+        done = checkpoints.restore(state, streams, extra)
+        history = [float(a) for a in extra.get("history", [])]
+        if done:
+            on_epoch(done / max(1, epochs), f"resumed after epoch {done}/{epochs}")
+    for epoch in range(done, epochs):
         net.train()
         order = torch.randperm(len(crops), generator=gen)
         loss_sum, correct = 0.0, 0
@@ -204,6 +221,8 @@ def fit(
         acc = correct / len(crops)
         plateau.step(acc)
         history.append(acc)
+        if checkpoints is not None:
+            checkpoints.save(epoch + 1, state, streams, {"history": history})
         on_epoch((epoch + 1) / epochs, f"epoch {epoch + 1}/{epochs}: loss {loss_sum / len(crops):.3f}, "
                                        f"training accuracy {acc:.3f}, lr {opt.param_groups[0]['lr']:.2g}")
     recalibrate_batchnorm(net, crops, spec, dev)
@@ -331,21 +350,65 @@ def _train(
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    nets, perf = fit_backbones(spec, x_tr, y_tr, x_ho, y_ho, epochs=epochs, gen=gen, dev=dev, report=report)
+    seconds = time.monotonic() - t0
+    perf.update({"epochs": epochs, "training_seconds": round(seconds, 1), "phantom_seconds": round(t_data, 1),
+                 "training_device": f"{dev.type} ({platform.machine()}, {torch.get_num_threads()} threads)"})
+    report(0.96, "held-out: " + ", ".join(f"{k} {v}" for k, v in perf.items() if k.startswith("heldout")))
+    write_bundle(
+        out_dir, nets, spec, perf, version=DEMO_VERSION, demo=True,
+        intended_use=(
+            "DEMO weights trained on synthetic B-mode thyroid phantoms only, to exercise the node end to end. "
+            "Not for clinical use; not a medical device."
+        ),
+        population="synthetic B-mode thyroid phantoms with one nodule each (model_zoo.phantoms.us); no patients",
+        training_data=(
+            f"{n_train} B-mode phantoms (model_zoo.phantoms.us.training_set, seed {seed}), half malignant "
+            f"(microcalcifications, irregular margin) and half benign (none or macrocalcification, smooth oval); "
+            f"crops of the true outline's box + {spec.crop_margin:.0%} margin; {epochs} epochs per backbone, batch {BATCH}, "
+            f"cross-entropy, Adam lr {LR} halved after a {PLATEAU_PATIENCE}-epoch accuracy plateau; flips, rotation, "
+            f"scale, shift, contrast, noise; held-out: {n_hold} phantoms of seed {seed + HOLDOUT_SEED_OFFSET}"
+        ),
+    )
+    report(1.0, f"bundle written in {seconds:.0f} s")
+
+
+def fit_backbones(
+    spec: USCalcifiedSpec,
+    x_tr: dict[int, torch.Tensor],
+    y_tr: torch.Tensor,
+    x_ho: dict[int, torch.Tensor],
+    y_ho: torch.Tensor,
+    *,
+    epochs: int,
+    gen: torch.Generator,
+    dev: torch.device,
+    report: ProgressFn,
+    checkpoints: Callable[[str], Checkpoints] | None = None,
+    span: tuple[float, float] = (0.1, 0.85),
+) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """Build and train each backbone in turn on its crops, score the held-out crops.
+
+    Returns the networks and the held-out figures: per backbone (``heldout_auc_xception``...) and
+    of their mean probability (``heldout_auc``...), at threshold 0.5. Shared by the demo and site
+    training; ``checkpoints(backbone)`` gives each backbone's checkpoint stage.
+    """
     threshold = 0.5
     perf: dict[str, Any] = {}
     scores: dict[str, np.ndarray] = {}
     nets: dict[str, nn.Module] = {}
-    share = 0.85 / len(spec.backbones)
+    share = span[1] / len(spec.backbones)
     for i, backbone in enumerate(spec.backbones):
         t1 = time.monotonic()
         net = build_network(backbone, spec)
         size = spec.input_size(backbone)
-        start = 0.1 + i * share
+        start = span[0] + i * share
 
         def on_epoch(frac: float, msg: str, _b: str = backbone, _start: float = start) -> None:
             report(_start + share * frac, f"{_b} {msg}")
 
-        fit(net, x_tr[size], y_tr, spec, epochs, gen, dev, on_epoch)
+        fit(net, x_tr[size], y_tr, spec, epochs, gen, dev, on_epoch,
+            checkpoints(backbone) if checkpoints is not None else None)
         scores[backbone] = malignant_scores(net, x_ho[size], spec, dev)
         for key, value in heldout_metrics(scores[backbone], y_ho.numpy(), threshold).items():
             perf[f"heldout_{key}_{backbone}"] = value
@@ -354,11 +417,23 @@ def _train(
     mean = np.mean([scores[b] for b in spec.backbones], axis=0)
     perf.update({f"heldout_{k}": v for k, v in heldout_metrics(mean, y_ho.numpy(), threshold).items()})
     perf["heldout_nodules"] = int(len(y_ho))
-    seconds = time.monotonic() - t0
-    perf.update({"epochs": epochs, "training_seconds": round(seconds, 1), "phantom_seconds": round(t_data, 1),
-                 "training_device": f"{dev.type} ({platform.machine()}, {torch.get_num_threads()} threads)"})
-    report(0.96, "held-out: " + ", ".join(f"{k} {v}" for k, v in perf.items() if k.startswith("heldout")))
+    return nets, perf
 
+
+def write_bundle(
+    out_dir: Path,
+    nets: dict[str, nn.Module],
+    spec: USCalcifiedSpec,
+    perf: dict[str, Any],
+    *,
+    version: str,
+    demo: bool,
+    intended_use: str,
+    population: str,
+    training_data: str,
+) -> Path:
+    """Save the networks and write the card (``reported_performance`` = ``perf``) and README."""
+    threshold = 0.5
     for sub in ("models", "configs", "docs"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     weights = []
@@ -369,14 +444,11 @@ def _train(
     sizes_text = ", ".join(f"{b} {spec.input_size(b)}" for b in spec.backbones)
     card = ModelCard(
         name=NAME,
-        version=DEMO_VERSION,
+        version=version,
         title="Calcified thyroid nodule, benign vs malignant: Xception + DenseNet169 (Chen et al. 2023 architecture)",
-        demo=True,
-        intended_use=(
-            "DEMO weights trained on synthetic B-mode thyroid phantoms only, to exercise the node end to end. "
-            "Not for clinical use; not a medical device."
-        ),
-        population="synthetic B-mode thyroid phantoms with one nodule each (model_zoo.phantoms.us); no patients",
+        demo=demo,
+        intended_use=intended_use,
+        population=population,
         modality="US",
         network=NETWORK,
         input=InputSpec(size=spec.input_size(spec.backbones[0]), channels=3,
@@ -384,13 +456,7 @@ def _train(
         labels=list(US_CALCIFIED_LABELS),
         decision_thresholds={"malignant": threshold},
         weights=weights,
-        training_data=(
-            f"{n_train} B-mode phantoms (model_zoo.phantoms.us.training_set, seed {seed}), half malignant "
-            f"(microcalcifications, irregular margin) and half benign (none or macrocalcification, smooth oval); "
-            f"crops of the true outline's box + {spec.crop_margin:.0%} margin; {epochs} epochs per backbone, batch {BATCH}, "
-            f"cross-entropy, Adam lr {LR} halved after a {PLATEAU_PATIENCE}-epoch accuracy plateau; flips, rotation, "
-            f"scale, shift, contrast, noise; held-out: {n_hold} phantoms of seed {seed + HOLDOUT_SEED_OFFSET}"
-        ),
+        training_data=training_data,
         reported_performance=perf,
     )
     metadata = card.model_dump(mode="json") | {
@@ -402,4 +468,4 @@ def _train(
     }
     (out_dir / CARD_PATH).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     (out_dir / DOCS_PATH).write_text(_readme(card, spec, perf), encoding="utf-8")
-    report(1.0, f"bundle written in {seconds:.0f} s")
+    return out_dir

@@ -37,6 +37,7 @@ from model_zoo.bundle import CARD_PATH, DOCS_PATH, Bundle, sha256_file
 from model_zoo.card import InputSpec, ModelCard, WeightsFile
 from model_zoo.phantoms.us import USPhantom, training_set
 from model_zoo.progress import ProgressFn, reporter
+from model_zoo.site_training import Checkpoints, Stateful
 from model_zoo.us_nodule_seg.model import (
     NETWORK,
     NODULE,
@@ -72,22 +73,37 @@ def phantoms(seed: int, n: int) -> list[USPhantom]:
 
 def prepare(items: list[USPhantom], spec: USSegSpec) -> Batch:
     """Images in [0, 1], soft nodule masks and valid-pixel masks at the working size, stacked."""
-    xs, ys, vs = [], [], []
+    pairs = []
     for ph in items:
-        img = torch.from_numpy(ph.image.astype(np.float32) / 255.0)
-        truth = np.zeros(ph.image.shape, dtype=np.float32)
+        truth = np.zeros(ph.image.shape, dtype=bool)
         for nodule in ph.nodules:
-            truth[nodule.mask] = 1.0
-        both, (hr, wr) = resize_pad(torch.stack([img, torch.from_numpy(truth)])[None], spec.size, spec.pad_multiple)
+            truth |= nodule.mask
+        pairs.append((ph.image.astype(np.float32) / 255.0, truth))
+    return prepare_pairs(pairs, spec)
+
+
+def prepare_pairs(pairs: list[tuple[np.ndarray, np.ndarray]], spec: USSegSpec) -> Batch:
+    """(B-mode region float32 in [0, 1], bool nodule mask) pairs -> working-size images, soft masks, valid masks.
+
+    Regions of other shapes than the first are padded (bottom, right; not valid) to the largest
+    working shape, as :func:`resize_pad` pads every region to the UNet's multiple.
+    """
+    xs, ys, vs = [], [], []
+    for image, mask in pairs:
+        img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        truth = torch.from_numpy(np.asarray(mask, dtype=np.float32))
+        both, (hr, wr) = resize_pad(torch.stack([img, truth])[None], spec.size, spec.pad_multiple)
         valid = torch.zeros_like(both[:, :1])
         valid[..., :hr, :wr] = 1.0
         xs.append(both[:, :1])
         ys.append(both[:, 1:].clamp(0.0, 1.0))
         vs.append(valid)
-    shapes = {tuple(x.shape) for x in xs}
-    if len(shapes) != 1:
-        raise ValueError(f"training phantoms must share one working shape, got {sorted(shapes)}")
-    return torch.cat(xs), torch.cat(ys), torch.cat(vs)
+    hp, wp = max(int(x.shape[-2]) for x in xs), max(int(x.shape[-1]) for x in xs)
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return F.pad(t, (0, wp - int(t.shape[-1]), 0, hp - int(t.shape[-2])))
+
+    return torch.cat([pad(x) for x in xs]), torch.cat([pad(y) for y in ys]), torch.cat([pad(v) for v in vs])
 
 
 def augment(x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> Batch:
@@ -133,13 +149,22 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def evaluate(model: USNoduleSeg, items: list[USPhantom]) -> dict[str, float]:
     """Per-nodule Dice, sensitivity and false positives per image of ``model`` on phantoms."""
+    return evaluate_pairs(model, [(ph.image.astype(np.float32) / 255.0, [n.mask for n in ph.nodules],
+                                   (ph.spacing_mm, ph.spacing_mm)) for ph in items])
+
+
+Case = tuple[np.ndarray, list[np.ndarray], tuple[float, float] | None]  # region, nodule masks, spacing
+
+
+def evaluate_pairs(model: USNoduleSeg, cases: list[Case]) -> dict[str, float]:
+    """Per-nodule Dice, sensitivity (Dice >= MATCH_DICE) and false positives per image on B-mode regions."""
     dices: list[float] = []
     false_pos = 0
-    for ph in items:
-        found = model.segment(ph.image.astype(np.float32) / 255.0, (ph.spacing_mm, ph.spacing_mm))
+    for image, masks, spacing in cases:
+        found = model.segment(image, spacing)
         used = [False] * len(found)
-        for nodule in ph.nodules:
-            scores = [_dice(f.mask, nodule.mask) for f in found]
+        for truth in masks:
+            scores = [_dice(f.mask, truth) for f in found]
             best = int(np.argmax(scores)) if scores else -1
             dices.append(scores[best] if best >= 0 else 0.0)
             if best >= 0 and scores[best] >= MATCH_DICE:
@@ -150,8 +175,8 @@ def evaluate(model: USNoduleSeg, items: list[USPhantom]) -> dict[str, float]:
         "heldout_mean_dice": round(float(d.mean()), 4) if len(d) else 0.0,
         "heldout_min_dice": round(float(d.min()), 4) if len(d) else 0.0,
         "heldout_sensitivity": round(float((d >= MATCH_DICE).mean()), 4) if len(d) else 0.0,
-        "heldout_false_positives_per_image": round(false_pos / max(1, len(items)), 4),
-        "heldout_images": len(items),
+        "heldout_false_positives_per_image": round(false_pos / max(1, len(cases)), 4),
+        "heldout_images": len(cases),
         "heldout_nodules": int(len(d)),
     }
 
@@ -249,10 +274,7 @@ def train(
     t0 = time.monotonic()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     report = reporter(NAME, progress)
-    stride = int(math.prod(int(s) for s in network.get("strides", [2])))
-    spec = USSegSpec(unet=dict(network), size=size, pad_multiple=max(16, stride))
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    spec = working_spec(network, size)
 
     items = phantoms(seed, n_train)
     shape, spacing = items[0].image.shape, items[0].spacing_mm
@@ -263,13 +285,78 @@ def train(
     report(0.15, f"{n_train} training and {n_holdout} held-out phantoms, working size {tuple(train_x.shape[-2:])}, "
                  f"in {t_data:.0f} s")
 
+    net = fit(train_x, train_y, train_v, spec, seed=seed, iterations=iterations, batch=batch, lr=lr, device=dev,
+              report=report)
+    t_train = time.monotonic() - t0 - t_data
+    cases: list[Case] = [(ph.image.astype(np.float32) / 255.0, [n.mask for n in ph.nodules],
+                          (ph.spacing_mm, ph.spacing_mm)) for ph in holdout]
+    return write_bundle(
+        Path(out_dir), net, spec, cases, version=DEMO_VERSION, demo=True, device=dev, report=report,
+        started=t0, seconds_data=t_data, seconds_train=t_train,
+        intended_use=(
+            "DEMO weights trained on synthetic B-mode phantoms only, to find the nodule that the US "
+            "classifiers (seeds 004 and 002) crop, end to end. Not for clinical use; not a medical device."
+        ),
+        population="synthetic transverse thyroid B-mode phantoms with 1-2 hypoechoic nodules of 5-25 mm "
+        "(model_zoo.phantoms.us); no patients",
+        training_data=(
+            f"{n_train} phantoms {shape[0]}x{shape[1]} at {spacing} mm (a third with two nodules; seed {seed}); "
+            f"{iterations} iterations of {batch} augmented images at {tuple(train_x.shape[-2:])}, "
+            f"Dice + BCE on soft masks, Adam one-cycle peak {lr}; "
+            f"held out: {n_holdout} phantoms of seed {seed + HOLDOUT_SEED_OFFSET}"
+        ),
+    )
+
+
+def working_spec(network: dict[str, Any], size: int) -> USSegSpec:
+    """The card's ``us_seg`` section for a UNet of ``network`` at working size ``size``."""
+    stride = int(math.prod(int(s) for s in network.get("strides", [2])))
+    return USSegSpec(unet=dict(network), size=size, pad_multiple=max(16, stride))
+
+
+def fit(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    train_v: torch.Tensor,
+    spec: USSegSpec,
+    *,
+    seed: int,
+    iterations: int,
+    batch: int,
+    lr: float,
+    device: torch.device,
+    report: ProgressFn,
+    checkpoints: Checkpoints | None = None,
+    steps_per_checkpoint: int = 0,
+    span: tuple[float, float] = (0.15, 0.7),
+) -> UNet:
+    """The recipe's optimisation on prepared working-size batches (shared by the demo and site training).
+
+    Each step draws ``batch`` images with replacement, augments them, normalises over the valid
+    pixels and takes one Adam step (one-cycle learning rate). With ``checkpoints``, the state
+    (network, optimiser, schedule, random stream, running loss) is saved every
+    ``steps_per_checkpoint`` steps (an "epoch") and an interrupted run resumes from it with the
+    same result as an uninterrupted one.
+    """
+    dev = device
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     net = UNet(**spec.unet_kwargs()).to(dev)
     loss_fn = DiceLoss(sigmoid=True, batch=True)  # over the batch: per-image Dice merged close nodules
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, iterations), pct_start=0.15)
-    net.train()
+    state: dict[str, Stateful] = {"net": net, "opt": opt, "sched": sched}
     running = 0.0
-    for it in range(iterations):
+    start = 0
+    if checkpoints is not None and steps_per_checkpoint > 0:
+        extra: dict[str, Any] = {}
+        done = checkpoints.restore(state, {"gen": gen}, extra)
+        if done:
+            start = min(iterations, done * steps_per_checkpoint)
+            running = float(extra.get("running", 0.0))
+            report(span[0], f"resumed after epoch {done}/{math.ceil(iterations / steps_per_checkpoint)}")
+    net.train()
+    for it in range(start, iterations):
         idx = torch.randint(len(train_x), (batch,), generator=gen)
         x, y, v = augment(train_x[idx], train_y[idx], train_v[idx], gen)
         x = normalise(x, v, spec.normalisation)
@@ -277,24 +364,47 @@ def train(
         sched.step()
         running = 0.9 * running + 0.1 * loss if it else loss
         if (it + 1) % max(1, iterations // 10) == 0:
-            report(0.15 + 0.7 * (it + 1) / iterations, f"iteration {it + 1}/{iterations}: loss {running:.3f}")
-    t_train = time.monotonic() - t0 - t_data
+            report(span[0] + span[1] * (it + 1) / iterations, f"iteration {it + 1}/{iterations}: loss {running:.3f}")
+        if checkpoints is not None and steps_per_checkpoint > 0 and ((it + 1) % steps_per_checkpoint == 0
+                                                                     or it + 1 == iterations):
+            epoch = math.ceil((it + 1) / steps_per_checkpoint)
+            checkpoints.save(epoch, state, {"gen": gen}, {"running": running})
+            report(span[0] + span[1] * (it + 1) / iterations,
+                   f"epoch {epoch}/{math.ceil(iterations / steps_per_checkpoint)}: loss {running:.3f}")
+    return net
 
-    out_dir = Path(out_dir)
+
+def write_bundle(
+    out_dir: Path,
+    net: UNet,
+    spec: USSegSpec,
+    holdout: list[Case],
+    *,
+    version: str,
+    demo: bool,
+    device: torch.device,
+    report: ProgressFn,
+    started: float,
+    seconds_data: float,
+    seconds_train: float,
+    intended_use: str,
+    population: str,
+    training_data: str,
+    extra_performance: dict[str, Any] | None = None,
+) -> Path:
+    """Save the network, evaluate it on the held-out regions as in service, write card and README."""
+    dev, t0, t_data, t_train = device, started, seconds_data, seconds_train
+    size = spec.size
     for sub in ("models", "configs", "docs"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     torch.save({k: t.detach().cpu() for k, t in net.state_dict().items()}, out_dir / WEIGHTS_FILE)
     card = ModelCard(
         name=NAME,
-        version=DEMO_VERSION,
+        version=version,
         title="Thyroid nodule segmentation on B-mode ultrasound (2D MONAI UNet)",
-        demo=True,
-        intended_use=(
-            "DEMO weights trained on synthetic B-mode phantoms only, to find the nodule that the US "
-            "classifiers (seeds 004 and 002) crop, end to end. Not for clinical use; not a medical device."
-        ),
-        population="synthetic transverse thyroid B-mode phantoms with 1-2 hypoechoic nodules of 5-25 mm "
-        "(model_zoo.phantoms.us); no patients",
+        demo=demo,
+        intended_use=intended_use,
+        population=population,
         modality="US",
         network=NETWORK,
         input=InputSpec(size=size, channels=1, normalisation=(
@@ -302,21 +412,17 @@ def train(
         labels=list(US_SEG_LABELS),
         decision_thresholds={NODULE: 0.5},
         weights=[WeightsFile(path=WEIGHTS_FILE, sha256=sha256_file(out_dir / WEIGHTS_FILE))],
-        training_data=(
-            f"{n_train} phantoms {shape[0]}x{shape[1]} at {spacing} mm (a third with two nodules; seed {seed}); "
-            f"{iterations} iterations of {batch} augmented images at {tuple(train_x.shape[-2:])}, "
-            f"Dice + BCE on soft masks, Adam one-cycle peak {lr}; "
-            f"held out: {n_holdout} phantoms of seed {seed + HOLDOUT_SEED_OFFSET}"
-        ),
+        training_data=training_data,
         reported_performance={},
     )
     metadata = card.model_dump(mode="json") | {"us_seg": spec.model_dump(mode="json")}
     model = USNoduleSeg.from_bundle(Bundle(out_dir, ModelCard.model_validate(metadata)), str(dev))
-    perf = evaluate(model, holdout)
+    perf = evaluate_pairs(model, holdout)
     seconds = time.monotonic() - t0
     report(0.97, f"held-out: {perf}")
     metadata["reported_performance"] = {
         **perf,
+        **(extra_performance or {}),
         "training_seconds": round(seconds, 1),
         "training_seconds_split": {"data": round(t_data, 1), "optimise": round(t_train, 1),
                                    "evaluate": round(seconds - t_data - t_train, 1)},

@@ -9,7 +9,15 @@ A validation folder holds DICOM files (any layout, read recursively) and ``label
   one whose centre is nearest, within half its diameter and at least 5 mm; labelled lesions with
   no match count as missed (detection sensitivity) and are left out of the classifier's figures;
 * ``nm_graves_i131``: one row per study of a Graves' patient, ``study_instance_uid,cured`` with
-  ``cured`` 1 (cured by the first I-131 therapy) or 0.
+  ``cured`` 1 (cured by the first I-131 therapy) or 0;
+* ``us_nodule_seg``, ``us_calcified_nodule``, ``us_lvlnm``: the US folder of
+  :mod:`model_zoo.us_site_data` (US images, the site's outlines as DICOM SEG, one row per nodule
+  ``sop_instance_uid,segment_number,malignant,lvlnm``). The classifiers score each labelled
+  nodule on the site's outline, as the node does when a site SEG comes with the study (so the
+  classifier is validated on its own); ``us_nodule_seg`` segments every listed image as the node
+  does without a site SEG and is compared with the outlines (per-nodule Dice; a nodule is found
+  when a predicted nodule, matched one to one, reaches Dice 0.5; unmatched predictions are
+  false positives).
 
 The pipelines run exactly as in the node (:mod:`workers.pipelines`), without Celery or network.
 """
@@ -52,6 +60,8 @@ class Collected:
     threshold: float | None
     sizes_mm: np.ndarray | None = None  # CT: labelled diameter of each classified lesion
     detection: dict[str, Any] | None = None  # CT: labelled / found / missed / unmatched
+    segmentation: dict[str, Any] | None = None  # us_nodule_seg: images, per-nodule Dice, false positives
+    extra: dict[str, Any] | None = None  # more figures for the report (US classifiers: per-backbone AUC)
 
 
 def read_studies(data_dir: Path) -> dict[str, list[Dataset]]:
@@ -210,4 +220,107 @@ def collect_graves(bundle_path: Path, data_dir: Path) -> Collected:
                      np.asarray(probs, float), ("not_cured", "cured"), threshold)
 
 
-COLLECTORS = {"nm_thyroid_dx": collect_nm, "ct_lung_met_rai": collect_ct, "nm_graves_i131": collect_graves}
+def _binary_flag_values(name: str, column: str, bundle_path: Path, data_dir: Path,
+                        ) -> tuple[Any, list[Any]]:
+    from model_zoo.us_site_data import read_us_folder
+
+    loaded = load(name, bundle_path)
+    nodules = read_us_folder(data_dir, column).labelled(column)
+    if not nodules:
+        raise ValidationDataError(f"{data_dir / LABELS_FILE}: no nodule with a {column} label (1 or 0)")
+    return loaded, nodules
+
+
+def collect_us_calcified(bundle_path: Path, data_dir: Path) -> Collected:
+    """P(malignant) of us_calcified_nodule for every nodule labelled ``malignant``, on the site's outline.
+
+    The probability is the mean over every backbone of the bundle (the node averages the ones its
+    configuration names, ``us.malignancy_backbones``); each backbone's own AUC goes into ``extra``.
+    """
+    from model_zoo.validation.stats import auc_delong
+
+    loaded, nodules = _binary_flag_values("us_calcified_nodule", "malignant", bundle_path, data_dir)
+    y, probs = [], []
+    per: dict[str, list[float]] = defaultdict(list)
+    for n in nodules:
+        result = loaded.impl.predict(n.image.bmode.pixels, n.mask)
+        y.append(int(n.label("malignant")))
+        probs.append(float(result.probability))
+        for backbone, p in result.per_backbone.items():
+            per[backbone].append(float(p))
+    y_arr = np.asarray(y, int)
+    extra: dict[str, Any] = {}
+    if 0 < y_arr.sum() < len(y_arr):
+        for backbone, values in per.items():
+            auc = auc_delong(y_arr, np.asarray(values))
+            extra[f"auc_{backbone}"] = {"auc": auc.auc, "ci_low": auc.ci_low, "ci_high": auc.ci_high}
+    threshold = float(loaded.card.decision_thresholds.get("malignant", 0.5))
+    return Collected("us_calcified_nodule", loaded.card.version, bool(loaded.card.demo), y_arr,
+                     np.asarray(probs, float), ("benign", "malignant"), threshold, extra=extra or None)
+
+
+def collect_us_lvlnm(bundle_path: Path, data_dir: Path) -> Collected:
+    """P(LVLNM) of us_lvlnm for every nodule labelled ``lvlnm``, on the site's outline and the region's spacing."""
+    loaded, nodules = _binary_flag_values("us_lvlnm", "lvlnm", bundle_path, data_dir)
+    y, probs = [], []
+    for n in nodules:
+        result = loaded.impl.predict(n.image.bmode.pixels, n.mask, n.image.bmode.spacing_mm)
+        y.append(int(n.label("lvlnm")))
+        probs.append(float(result.probability))
+    threshold = float(loaded.card.decision_thresholds.get("lvlnm", 0.5))
+    return Collected("us_lvlnm", loaded.card.version, bool(loaded.card.demo), np.asarray(y, int),
+                     np.asarray(probs, float), ("no_lvlnm", "lvlnm"), threshold)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int((a & b).sum()) / total if total else 1.0
+
+
+def match_nodules(truth: list[np.ndarray], found: list[np.ndarray], min_dice: float,
+                  ) -> tuple[list[float], list[bool], int]:
+    """Per labelled nodule its best Dice with any found one and whether it is matched (one to one,
+    greedily by decreasing Dice, at least ``min_dice``); and the number of found nodules left unmatched."""
+    scores = np.array([[_dice(t, f) for f in found] for t in truth]).reshape(len(truth), len(found))
+    matched = [False] * len(truth)
+    used = [False] * len(found)
+    pairs = sorted(((scores[i, j], i, j) for i in range(len(truth)) for j in range(len(found))), reverse=True)
+    for score, i, j in pairs:
+        if score < min_dice:
+            break
+        if not matched[i] and not used[j]:
+            matched[i] = used[j] = True
+    best = [float(scores[i].max()) if len(found) else 0.0 for i in range(len(truth))]
+    return best, matched, int(len(found) - sum(used))
+
+
+def collect_us_seg(bundle_path: Path, data_dir: Path) -> Collected:
+    """us_nodule_seg on every image of the labels file, as the node runs it without a site SEG,
+    against the site's outlines: per-nodule Dice, detection and false positives."""
+    from model_zoo.us_image import feret_axes
+    from model_zoo.us_nodule_seg.train import MATCH_DICE
+    from model_zoo.us_site_data import read_us_folder
+    from workers.pipelines.us import _nodule_masks
+
+    loaded = load("us_nodule_seg", bundle_path)
+    folder = read_us_folder(data_dir)
+    per_nodule: list[dict[str, Any]] = []
+    false_positives = 0
+    for image in folder.images:
+        found, _ = _nodule_masks(image.bmode, [], loaded.impl)
+        best, matched, unmatched = match_nodules(list(image.outlines), found, MATCH_DICE)
+        false_positives += unmatched
+        spacing = image.bmode.spacing_mm
+        for mask, number, dice, hit in zip(image.outlines, image.segments, best, matched):
+            long_axis = float(feret_axes(mask, spacing or (1.0, 1.0))[0])
+            per_nodule.append({"sop_instance_uid": image.sop_uid, "segment_number": number, "dice": round(dice, 4),
+                               "found": hit, "long_axis": round(long_axis, 2), "unit": "mm" if spacing else "px"})
+    segmentation = {"images": len(folder.images), "studies": len({i.study_uid for i in folder.images}),
+                    "nodules": per_nodule, "false_positives": false_positives, "match_dice": MATCH_DICE}
+    return Collected("us_nodule_seg", loaded.card.version, bool(loaded.card.demo), np.zeros(0, int), np.zeros(0),
+                     ("background", "nodule"), float(loaded.card.decision_thresholds.get("nodule", 0.5)),
+                     segmentation=segmentation)
+
+
+COLLECTORS = {"nm_thyroid_dx": collect_nm, "ct_lung_met_rai": collect_ct, "nm_graves_i131": collect_graves,
+              "us_nodule_seg": collect_us_seg, "us_calcified_nodule": collect_us_calcified, "us_lvlnm": collect_us_lvlnm}

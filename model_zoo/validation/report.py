@@ -46,7 +46,7 @@ from model_zoo.validation.stats import (
     multiclass_metrics,
 )
 
-__all__ = ["binary_report", "multiclass_report", "write_report"]
+__all__ = ["binary_report", "multiclass_report", "segmentation_report", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -260,6 +260,63 @@ def multiclass_report(
     return result
 
 
+def segmentation_report(
+    name: str,
+    version: str,
+    nodules: Sequence[dict[str, Any]],
+    *,
+    images: int,
+    false_positives: int,
+    match_dice: float,
+    studies: int | None = None,
+    demo: bool = False,
+) -> Report:
+    """Validation figures of a nodule segmentation model against a site's outlines.
+
+    ``nodules``: one dict per outlined nodule with ``dice`` (its best Dice with a predicted
+    nodule, 0 when none overlaps), ``found`` (matched one to one at Dice >= ``match_dice``) and
+    optionally ``long_axis`` / ``unit`` and identifiers, kept in the report's ``per_nodule``.
+
+    Keys: ``kind`` ("segmentation"), ``name``, ``version``, ``demo``, ``generated_utc``,
+    ``methods``, ``images``, ``studies``, ``nodules``, ``found``, ``missed``, ``sensitivity``
+    with its Wilson ``ci``, ``false_positives``, ``false_positives_per_image``, ``dice``
+    (``mean``, ``sd``, ``median``, ``min``, ``max`` over every outlined nodule, ``mean_found``
+    over the found ones), ``per_nodule``, ``notes``.
+    """
+    dice = np.array([float(n["dice"]) for n in nodules], dtype=np.float64)
+    found = int(sum(bool(n["found"]) for n in nodules))
+    n = int(dice.size)
+    hit = np.array([bool(x["found"]) for x in nodules], dtype=bool)
+    report: Report = {
+        "kind": "segmentation", "name": name, "version": version, "demo": demo, "generated_utc": _now(),
+        "methods": {
+            "dice": "2|A and B| / (|A| + |B|) on the B-mode region's pixels, each outlined nodule against its best "
+                    "predicted nodule (0 when none overlaps)",
+            "detection": f"predicted and outlined nodules matched one to one, greedily by decreasing Dice, "
+                         f"at Dice >= {match_dice:g}; unmatched predictions are false positives",
+            "proportion_ci": "Wilson score 95% CI",
+        },
+        "images": int(images), "studies": studies, "nodules": n, "found": found, "missed": n - found,
+        "sensitivity": found / n if n else math.nan, "ci": {"sensitivity": _wilson(found, n)},
+        "false_positives": int(false_positives),
+        "false_positives_per_image": false_positives / images if images else math.nan,
+        "match_dice": match_dice,
+        "dice": {
+            "mean": float(dice.mean()) if n else math.nan,
+            "sd": float(dice.std(ddof=1)) if n > 1 else math.nan,
+            "median": float(np.median(dice)) if n else math.nan,
+            "min": float(dice.min()) if n else math.nan,
+            "max": float(dice.max()) if n else math.nan,
+            "mean_found": float(dice[hit].mean()) if hit.any() else math.nan,
+        },
+        "per_nodule": [dict(x) for x in nodules],
+        "notes": [] if n else ["No outlined nodule: sensitivity and Dice are undefined."],
+    }
+    logger.info("segmentation report %s %s: %d nodules on %d images", name, version, n, images)
+    result: Report = _jsonable(report)
+    return result
+
+
 def _jsonable(value: Any) -> Any:
     """Plain JSON types: numpy to Python, NaN and infinities to None, tuples to lists."""
     if value is None or isinstance(value, (bool, str)):
@@ -292,12 +349,12 @@ def write_report(report: Report, out_dir: Path) -> tuple[Path, Path]:
     Raises
     ------
     ValueError
-        ``report["kind"]`` is neither "binary" nor "multiclass".
+        ``report["kind"]`` is not "binary", "multiclass" or "segmentation".
     TypeError
         A value that JSON cannot hold.
     """
     clean: Report = _jsonable(report)
-    if clean.get("kind") not in ("binary", "multiclass"):
+    if clean.get("kind") not in ("binary", "multiclass", "segmentation"):
         raise ValueError(f"unknown report kind {clean.get('kind')!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, html_path = out_dir / "report.json", out_dir / "report.html"
@@ -473,6 +530,42 @@ def _multiclass_sections(r: Report) -> list[str]:
     return parts
 
 
+def _segmentation_sections(r: Report) -> list[str]:
+    d = r["dice"]
+    rows = [
+        ["Outlined nodules", str(r["nodules"]), ""],
+        ["Found (Dice >= " + _fmt(r["match_dice"], 2) + ")", str(r["found"]), ""],
+        ["Missed", str(r["missed"]), ""],
+        ["Detection sensitivity", _fmt(r["sensitivity"]), _fmt_ci(r["ci"]["sensitivity"])],
+        ["False positives", str(r["false_positives"]), ""],
+        ["False positives per image", _fmt(r["false_positives_per_image"]), ""],
+        ["Dice, mean (SD)", f"{_fmt(d['mean'])} ({_fmt(d['sd'])})", ""],
+        ["Dice, median [min, max]", f"{_fmt(d['median'])} [{_fmt(d['min'])}, {_fmt(d['max'])}]", ""],
+        ["Dice of the found nodules, mean", _fmt(d["mean_found"]), ""],
+    ]
+    per = [[str(x.get("sop_instance_uid", ""))[-16:], _fmt(x.get("segment_number")), _fmt(x["dice"]),
+            "yes" if x["found"] else "no",
+            f"{_fmt(x.get('long_axis'), 1)} {x.get('unit', '')}".strip()] for x in r["per_nodule"]]
+    studies = f" of {r['studies']} studies" if r.get("studies") is not None else ""
+    parts = [
+        f"<p>{r['images']} images{studies}, {r['nodules']} nodules outlined by the site.</p>",
+        "<h2>Detection and Dice</h2>", _table(["Figure", "Value", "95% CI"], rows),
+    ]
+    c = r.get("comparison")
+    if c:
+        parts += ["<h2>Comparison (same images)</h2>", _table(["", f"{r['name']} {r['version']}", str(c["name_b"])], [
+            ["Detection sensitivity", _fmt(r["sensitivity"]), _fmt(c["sensitivity"])],
+            ["False positives per image", _fmt(r["false_positives_per_image"]), _fmt(c["false_positives_per_image"])],
+            ["Dice, mean", _fmt(d["mean"]), _fmt(c["dice"]["mean"])],
+        ])]
+    return parts + ["<h2>Per nodule</h2>", _table(["Image (UID end)", "Segment", "Dice", "Found", "Long axis"], per)]
+
+
+_KNOWN_SEGMENTATION: Final = frozenset({
+    "images", "studies", "nodules", "found", "missed", "sensitivity", "false_positives",
+    "false_positives_per_image", "match_dice", "dice", "per_nodule",
+})
+
 _KNOWN: Final = frozenset({
     "kind", "name", "version", "demo", "generated_utc", "methods", "n", "n_pos", "n_neg",
     "threshold", "auc", *METRICS, "tp", "fp", "tn", "fn", "ci", "confusion_labels",
@@ -494,8 +587,12 @@ def _html(r: Report) -> str:
     if r.get("demo"):
         parts.append(f'<p class="demo"><strong>{escape(DEMO_NOTE)}</strong></p>')
     parts += [f"<p>{escape(note)}</p>" for note in r.get("notes") or []]
-    parts += _binary_sections(r) if r["kind"] == "binary" else _multiclass_sections(r)
-    extra = {k: v for k, v in r.items() if k not in _KNOWN}
+    if r["kind"] == "segmentation":
+        parts += _segmentation_sections(r)
+    else:
+        parts += _binary_sections(r) if r["kind"] == "binary" else _multiclass_sections(r)
+    known = _KNOWN | _KNOWN_SEGMENTATION if r["kind"] == "segmentation" else _KNOWN
+    extra = {k: v for k, v in r.items() if k not in known}
     if extra:
         rows = []
         for key, value in extra.items():

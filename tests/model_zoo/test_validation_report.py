@@ -214,3 +214,55 @@ def test_multiclass_report_shapes_and_values(tmp_path: Path) -> None:
     assert strict_loads(json_path.read_text()) == r
     html = html_path.read_text()
     assert html.count(IMG_TAG) == 1 and "subacute_thyroiditis" in html and "https://" not in html
+
+
+# ----------------------------------------------------------------------------- segmentation
+def _disc(shape: tuple[int, int], centre: tuple[int, int], radius: int) -> np.ndarray:
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    return np.asarray((rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2)
+
+
+def test_nodules_match_one_to_one_by_dice() -> None:
+    from model_zoo.validation.collect import match_nodules
+
+    shape = (80, 120)
+    a, b = _disc(shape, (40, 30), 12), _disc(shape, (40, 90), 12)
+    shifted = _disc(shape, (40, 33), 12)  # a, moved by 3 pixels
+    merged = a | b  # one prediction over both nodules: Dice 2|a| / 3|a| = 2/3 with each
+    far = _disc(shape, (10, 60), 5)  # over no nodule
+    best, matched, unmatched = match_nodules([a, b], [shifted, far], 0.5)
+    expected = 2 * int((a & shifted).sum()) / (int(a.sum()) + int(shifted.sum()))
+    assert best == [pytest.approx(expected), 0.0] and 0.5 < expected < 1.0
+    assert matched == [True, False] and unmatched == 1
+    best, matched, unmatched = match_nodules([a, b], [merged], 0.5)
+    assert best == [pytest.approx(2 / 3), pytest.approx(2 / 3)]
+    assert matched.count(True) == 1 and unmatched == 0  # a merged prediction finds one nodule, not two
+    assert match_nodules([a], [], 0.5) == ([0.0], [False], 0)
+    assert match_nodules([], [far], 0.5) == ([], [], 1)
+
+
+def test_segmentation_report_figures_and_html(tmp_path: Path) -> None:
+    from model_zoo.validation.report import segmentation_report
+
+    nodules = [
+        {"sop_instance_uid": "1.2.3.1", "segment_number": 1, "dice": 0.9, "found": True, "long_axis": 12.0, "unit": "mm"},
+        {"sop_instance_uid": "1.2.3.1", "segment_number": 2, "dice": 0.7, "found": True, "long_axis": 6.0, "unit": "mm"},
+        {"sop_instance_uid": "1.2.3.2", "segment_number": 1, "dice": 0.2, "found": False, "long_axis": 4.0, "unit": "mm"},
+        {"sop_instance_uid": "1.2.3.3", "segment_number": 1, "dice": 0.0, "found": False, "long_axis": 8.0, "unit": "mm"},
+    ]
+    r = segmentation_report("us_nodule_seg", "1.0", nodules, images=5, false_positives=3, match_dice=0.5, studies=4)
+    assert (r["kind"], r["nodules"], r["found"], r["missed"], r["images"]) == ("segmentation", 4, 2, 2, 5)
+    assert r["sensitivity"] == 0.5 and r["false_positives_per_image"] == pytest.approx(0.6)
+    interval = binomtest(2, 4).proportion_ci(0.95, method="wilson")
+    assert r["ci"]["sensitivity"] == pytest.approx([interval.low, interval.high])
+    d = r["dice"]
+    assert d["mean"] == pytest.approx(0.45) and d["median"] == pytest.approx(0.45)
+    assert d["sd"] == pytest.approx(float(np.std([0.9, 0.7, 0.2, 0.0], ddof=1)))
+    assert (d["min"], d["max"], d["mean_found"]) == (0.0, 0.9, pytest.approx(0.8))
+    json_path, html_path = write_report(r, tmp_path)
+    assert json.loads(json_path.read_text())["per_nodule"][2]["dice"] == 0.2
+    html = html_path.read_text()
+    assert "Detection sensitivity" in html and "0.450 (" in html and "Additional information" not in html
+    empty = segmentation_report("us_nodule_seg", "1.0", [], images=2, false_positives=1, match_dice=0.5)
+    assert empty["sensitivity"] is None and empty["dice"]["mean"] is None and empty["notes"]
+    write_report(empty, tmp_path / "empty")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 from pydicom import Dataset, dcmread
 
 from model_zoo.phantoms.ct import PhantomNodule
@@ -48,7 +50,8 @@ SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 MIN_DICE = 0.6  # OHIF's labelmap on the lesion's image vs the phantom's lesion (the model's own error included)
 MIN_INNER_COLOURED = 0.5  # screenshot: coloured share of the lesion's core
 MAX_RING_COLOURED = 0.15  # screenshot: coloured share of a ring around the lesion
-MIN_SC_COLOURED = 0.01  # screenshot: a heatmap renders in colour
+MIN_SC_COLOURED = 0.01  # screenshot: a heatmap SC renders in colour...
+MIN_SC_LIT = 0.10  # ...and is not a black viewport
 
 # CT lesions (LPS mm, phantom lungs either side of x = 0), as in the CT end-to-end test
 CT_NODULES = (
@@ -65,6 +68,7 @@ class Lesion:
     frame: int
     mask: np.ndarray  # bool (rows, cols) on the source image
     on_images: frozenset[str]  # SOP Instance UIDs of every image the lesion is on
+    size_mm: float | None = None  # a size OHIF must show for it (US: the long axis), None: not checked
 
     def target(self) -> SegTarget:
         rows, cols = np.nonzero(self.mask)
@@ -125,7 +129,9 @@ def _us_study(out: Path) -> Study:
             full = np.zeros((int(frame.Rows), int(frame.Columns)), bool)
             r0, c0 = inst.region[0], inst.region[1]
             full[r0: r0 + nodule.mask.shape[0], c0: c0 + nodule.mask.shape[1]] = nodule.mask
-            lesions.append(Lesion(inst.sop_instance_uid, inst.middle_frame or 1, full, frozenset({inst.sop_instance_uid})))
+            long_axis_mm = nodule.long_axis_px * inst.spacing_mm[0] if inst.spacing_mm else None
+            lesions.append(Lesion(inst.sop_instance_uid, inst.middle_frame or 1, full, frozenset({inst.sop_instance_uid}),
+                                  long_axis_mm))
     return Study("US", study.study_instance_uid, [i.path for i in study.instances], lesions, [], True)
 
 
@@ -231,6 +237,12 @@ def _seg_problems(result: dict[str, Any], study: Study, n_targets: int) -> list[
     return problems
 
 
+def _lengths_mm(display_text: Any) -> list[float]:
+    """The lengths in OHIF's display text of a measurement ("L: 1.60 cm", "12.3 mm"), in mm."""
+    text = json.dumps(display_text, ensure_ascii=False)
+    return [float(v) * (10.0 if unit == "cm" else 1.0) for v, unit in re.findall(r"(\d+(?:\.\d+)?)\s*(mm|cm)\b(?![²2])", text)]
+
+
 def _sr_problems(result: dict[str, Any], study: Study) -> list[str]:
     problems = []
     entries = opened(result, "SR")
@@ -248,11 +260,15 @@ def _sr_problems(result: dict[str, Any], study: Study) -> list[str]:
         if len(rows) < len(study.lesions):
             problems.append(f"SR {name!r}: Measurements panel lists {len(rows)} row(s) for {len(study.lesions)} "
                             f"lesion(s): {entry.get('panelText')!r}")
-        referenced = {m.get("referencedSOPInstanceUID") for m in measurements}
         for lesion in study.lesions:
-            if not referenced & lesion.on_images:
+            on_lesion = [m for m in measurements if m.get("referencedSOPInstanceUID") in lesion.on_images]
+            if not on_lesion:
                 problems.append(f"SR {name!r}: no measurement in OHIF on the image(s) of the lesion on "
                                 f"{lesion.sop_instance_uid} ({len(measurements)} measurement(s) loaded)")
+            elif lesion.size_mm is not None:
+                shown = [v for m in on_lesion for v in _lengths_mm(m.get("displayText"))]
+                if not any(abs(v - lesion.size_mm) <= 0.1 * lesion.size_mm for v in shown):
+                    problems.append(f"SR {name!r}: OHIF shows lengths {shown} mm for a lesion of {lesion.size_mm:.1f} mm")
     return problems
 
 
@@ -265,12 +281,19 @@ def _sc_problems(result: dict[str, Any], sc_series: set[str]) -> list[str]:
         if not entry.get("ok"):
             problems.append(f"heatmap {entry.get('SeriesDescription')!r} did not open: {entry.get('error')}")
             continue
+        # the driver waited until the viewport showed the SC's own instance; it must render as the
+        # colour image it is (a Grad-CAM of a confident "benign" can be grey: the whole viewport counts)
         rect = next((vp["canvasRect"] for vp in entry.get("viewports", []) if vp.get("imageId")), None)
-        # the middle half of the viewport: the heatmap itself, not the image's banners at its edges
-        middle = (rect[0] + rect[2] / 4, rect[1] + rect[3] / 4, rect[2] / 2, rect[3] / 2) if rect else None
-        coloured = float(overlay_pixels(Path(entry["screenshot"]), middle).mean()) if middle else 0.0
-        if coloured < MIN_SC_COLOURED:
-            problems.append(f"heatmap {entry.get('SeriesDescription')!r}: {coloured:.1%} coloured pixels in the viewport")
+        shot = np.asarray(Image.open(entry["screenshot"]).convert("RGB"))
+        if rect is None:
+            problems.append(f"heatmap {entry.get('SeriesDescription')!r}: no image in the viewport")
+            continue
+        left, top, width, height = (int(round(v)) for v in rect)
+        lit = float((shot[top: top + height, left: left + width].max(axis=2) > 40).mean())
+        coloured = float(overlay_pixels(Path(entry["screenshot"]), tuple(rect)).mean())
+        if coloured < MIN_SC_COLOURED or lit < MIN_SC_LIT:
+            problems.append(f"heatmap {entry.get('SeriesDescription')!r}: {coloured:.1%} coloured and {lit:.0%} "
+                            f"non-black pixels in the viewport (>= {MIN_SC_COLOURED:.0%}, >= {MIN_SC_LIT:.0%} wanted)")
     return problems
 
 

@@ -144,7 +144,6 @@ def test_us_lvlnm_train_resume_validate_install(tmp_path: Path) -> None:
 
 def test_calcified_fit_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     """us_calcified_nodule's per-epoch checkpoints: killed after epoch 1 of 2 and resumed, the same weights."""
-    from model_zoo.site_training import TrainOptions
     from model_zoo.us_calcified_nodule.model import USCalcifiedSpec, build_network
     from model_zoo.us_calcified_nodule.train import fit
 
@@ -159,6 +158,17 @@ def test_calcified_fit_resumes_to_the_uninterrupted_result(tmp_path: Path) -> No
         net = build_network("xception", spec)
         fit(net, crops, labels, spec, 2, torch.Generator().manual_seed(7), torch.device("cpu"), report, checkpoints)
         return net
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses above (OMP_NUM_THREADS=1): faster on a shared 2-core CPU
+    try:
+        _resume_check(run, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _resume_check(run: Any, tmp_path: Path) -> None:
+    from model_zoo.site_training import TrainOptions
 
     whole = run(lambda f, m: None, None)
     opts = TrainOptions(tmp_path, tmp_path / "bundle", epochs=2, resume=True)
@@ -177,3 +187,44 @@ def test_calcified_fit_resumes_to_the_uninterrupted_result(tmp_path: Path) -> No
     assert messages[0] == "resumed after epoch 1/2"
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def _rewrite_labels(folder: Path, rows: list[dict[str, Any]]) -> None:
+    with open(folder / "labels.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_us_folder_reads_the_site_outlines_and_checks_the_labels(tmp_path: Path) -> None:
+    """The labelled US folder: site SEG outlines back on the B-mode region exactly, labels checked."""
+    from model_zoo.phantoms.us import us_phantom
+    from model_zoo.us_site_data import read_us_folder, write_phantom_folder
+    from model_zoo.validation.collect import ValidationDataError
+
+    two = us_phantom(4701, n_nodules=2, malignant=True)
+    none = us_phantom(4702, n_nodules=0)
+    folder = write_phantom_folder(tmp_path / "f", [[two], [none]], 4700)
+    with open(folder / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["segment_number"] for r in rows] == ["1", "2", ""]
+    read = read_us_folder(folder, "malignant")
+    assert len(read.images) == 2 and [len(i.outlines) for i in read.images] == [2, 0]
+    for nodule, truth in zip(read.nodules, two.nodules):
+        assert np.array_equal(nodule.mask, truth.mask)  # the SEG, cut to the B-mode region, is the phantom's outline
+        assert nodule.label("malignant") == 1 and nodule.label("lvlnm") == int(truth.lvlnm)
+    assert read.images[0].bmode.spacing_mm == (0.1, 0.1) and read.images[0].segments == (1, 2)
+
+    rows[1]["malignant"] = ""  # unknown: left out of that model only
+    _rewrite_labels(folder, rows)
+    read = read_us_folder(folder, "malignant")
+    assert len(read.nodules) == 2 and len(read.labelled("malignant")) == 1 and len(read.labelled("lvlnm")) == 2
+    for change, message in (({"malignant": "maybe"}, "line 2"), ({"segment_number": "3"}, "no site SEG segment 3"),
+                            ({"sop_instance_uid": "1.2.3"}, "not a US image"),
+                            ({"study_instance_uid": "1.2.3"}, "belongs to study")):
+        _rewrite_labels(folder, [{**rows[0], **change}, *rows[1:]])
+        with pytest.raises(ValidationDataError, match=message):
+            read_us_folder(folder, "malignant")
+    _rewrite_labels(folder, [{k: v for k, v in r.items() if k != "lvlnm"} for r in rows])
+    with pytest.raises(ValidationDataError, match="lvlnm"):
+        read_us_folder(folder, "lvlnm")

@@ -206,6 +206,17 @@ def summarise_folds(per_fold: list[dict[str, float]]) -> dict[str, Any]:
     return summary
 
 
+def json_safe(value: Any) -> Any:
+    """NaN (an undefined figure, e.g. the AUC of a fold of one class) -> None, recursively: JSON has no NaN."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def _module(name: str) -> Any:
     if name not in TRAINERS:
         raise TrainingDataError(f"no site training for {name!r}; known: {', '.join(TRAINERS)}")

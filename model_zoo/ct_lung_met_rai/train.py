@@ -25,6 +25,7 @@ import logging
 import math
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from model_zoo.nets.se_resnet3d import SEResNet3d
 from model_zoo.nets.se_vnet import SEVNet
 from model_zoo.phantoms.ct import ChestPhantom, chest_phantom
 from model_zoo.progress import ProgressFn, reporter
+from model_zoo.site_training import Checkpoints, Stateful
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ DEMO_VERSION = "0.1.0-demo"
 SEG_FILE = "models/se_vnet.pt"
 CLS_FILE = "models/se_resnet3d.pt"
 PHANTOM_SHAPE = (96, 176, 208)  # 1 mm: a small chest, lungs fill most of it
+SEG_LR, SEG_BATCH = 3e-3, 2
+CLS_LR, CLS_BATCH = 3e-3, 8
 
 
 def _phantom(seed: int, split: int, i: int, nodules: int = 6) -> ChestPhantom:
@@ -65,7 +69,7 @@ def _nodule_centres(ph: ChestPhantom) -> list[np.ndarray]:
 
 
 def _seg_batch(
-    phantoms: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]], rng: np.random.Generator, batch: int, size: int
+    phantoms: Sequence[tuple[np.ndarray, np.ndarray, list[np.ndarray]]], rng: np.random.Generator, batch: int, size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for _ in range(batch):
@@ -155,6 +159,10 @@ def _evaluate_cls(net: SEResNet3d, x: torch.Tensor, y: torch.Tensor, threshold: 
 
 def _readme(card: ModelCard, spec: CTSpec) -> str:
     perf = card.reported_performance
+    rebuild = (f"""Rebuild with `python -m model_zoo.demo {card.name}`. A site's own weights: a bundle of the same
+layout with `demo: false` (and its own `ct.se_vnet` configuration, e.g. the paper-size network).""" if card.demo else
+               f"Site weights (`demo: false`); retrain with `thyroid-node train {card.name}` "
+               "(`model_zoo/ct_lung_met_rai/site.py`) and validate locally before clinical use.")
     return f"""# {card.title} ({card.ident})
 
 **{card.intended_use}**
@@ -169,8 +177,8 @@ def _readme(card: ModelCard, spec: CTSpec) -> str:
   {tuple(spec.patch)} patch at 1 mm centred on each lesion; probability of RAI-refractory status =
   sigmoid(logit); decision threshold {card.decision_thresholds.get('refractory')}. 3D Grad-CAM on the last stage.
 - Training data: {card.training_data}
-- Held-out phantom figures: {json.dumps({k: v for k, v in perf.items() if k.startswith('heldout')})}.
-  Phantom figures say nothing about patients. The paper reported (its own, unpublished weights):
+- Held-out {"phantom " if card.demo else ""}figures: {json.dumps({k: v for k, v in perf.items() if k.startswith('heldout')})}.
+  {"Phantom figures say nothing about patients." if card.demo else "Held out by study."} The paper reported (its own, unpublished weights):
   segmentation validation Dice 0.821; classifier internal AUC 0.879, external AUC 0.713.
 
 ## Files
@@ -179,8 +187,7 @@ def _readme(card: ModelCard, spec: CTSpec) -> str:
   `model_zoo.ct_lung_met_rai.model.CTSpec`).
 - `{SEG_FILE}`, `{CLS_FILE}`: PyTorch state dicts; sha256 in the card.
 
-Rebuild with `python -m model_zoo.demo {card.name}`. A site's own weights: a bundle of the same
-layout with `demo: false` (and its own `ct.se_vnet` configuration, e.g. the paper-size network).
+{rebuild}
 """
 
 
@@ -235,24 +242,7 @@ def train(
 
     # -- SE V-Net ------------------------------------------------------------------------------
     seg = SEVNet(**se_vnet).to(dev)
-    dice = DiceLoss(sigmoid=True)
-    lr = 3e-3
-    opt = torch.optim.Adam(seg.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, seg_iterations), pct_start=0.1)
-    seg.train()
-    running = 0.0
-    for it in range(seg_iterations):
-        xb, yb = _seg_batch(seg_data, rng, 2, seg_patch)
-        xb, yb = xb.to(dev), yb.to(dev)
-        logits = seg(xb)
-        loss = dice(logits, yb) + F.binary_cross_entropy_with_logits(logits, yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        running = 0.9 * running + 0.1 * float(loss.detach()) if it else float(loss.detach())
-        if (it + 1) % max(1, seg_iterations // 10) == 0:
-            report(0.05 + 0.55 * (it + 1) / seg_iterations, f"SE V-Net iteration {it + 1}/{seg_iterations}: loss {running:.3f}")
+    fit_segmenter(seg, seg_data, rng, iterations=seg_iterations, patch=seg_patch, device=dev, report=report)
     seg_perf = _evaluate_seg(seg, hold_ph, spec, dev)
     report(0.65, f"SE V-Net held-out: {seg_perf}")
 
@@ -260,30 +250,153 @@ def train(
     x_tr, y_tr = _cls_patches(train_ph, spec, rng, copies=2)
     x_ho, y_ho = _cls_patches(hold_ph, spec, rng, copies=1)
     clf = SEResNet3d(**se_resnet3d).to(dev)
-    cls_lr, batch = 3e-3, 8
-    opt = torch.optim.Adam(clf.parameters(), lr=cls_lr, weight_decay=1e-4)
-    steps = math.ceil(len(x_tr) / batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cls_lr, total_steps=max(1, steps * cls_epochs), pct_start=0.2)
+    fit_classifier(clf, x_tr, y_tr, epochs=cls_epochs, seed=seed, device=dev, report=report)
+    threshold = 0.5
+    cls_perf = _evaluate_cls(clf, x_ho, y_ho, threshold, dev)
+    report(0.97, f"SE-ResNet held-out: {cls_perf}")
+    seconds = time.monotonic() - t0
+    write_bundle(
+        Path(out_dir), seg, clf, spec, threshold=threshold, version=DEMO_VERSION, demo=True,
+        intended_use=(
+            "Demo weights trained on synthetic chest CT phantoms only, to exercise the node end to end. "
+            "Not for clinical use; not a medical device."
+        ),
+        population="synthetic non-contrast chest CT phantoms with spherical lung nodules (model_zoo.phantoms.ct); no patients",
+        training_data=(
+            f"{n_phantoms} chest phantoms {PHANTOM_SHAPE} at 1 mm with 6 nodules of 3-20 mm each (seed {seed}); "
+            f"SE V-Net {seg_iterations} iterations of 2 x {seg_patch}^3 patches, Dice + BCE, Adam one-cycle peak {SEG_LR}; "
+            f"SE-ResNet {cls_epochs} epochs of 2 jittered copies per nodule, batch {CLS_BATCH}, BCE, Adam one-cycle peak {CLS_LR}; held-out: {len(hold_ph)} phantoms from disjoint seeds"
+        ),
+        performance={
+            **seg_perf,
+            **cls_perf,
+            "training_seconds": round(seconds, 1),
+            "training_device": f"{dev.type} ({platform.machine()})",
+        },
+    )
+    report(1.0, f"bundle written in {seconds:.0f} s")
+    return Path(out_dir)
+
+
+def one_cycle(opt: torch.optim.Optimizer, max_lr: float, total: int,
+              pct_start: float) -> torch.optim.lr_scheduler.OneCycleLR:
+    """torch's one-cycle schedule; ``pct_start`` nudged where ``pct_start * total`` is exactly 1
+    (torch's warm-up phase would then span zero steps and divide by zero: small site runs hit it,
+    e.g. 10 iterations at 0.1). The demo's totals never do, so its schedule is unchanged."""
+    if abs(pct_start * total - 1.0) < 1e-9:
+        pct_start = 1.5 / total
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=pct_start)
+
+
+def fit_segmenter(
+    seg: SEVNet,
+    data: Sequence[tuple[np.ndarray, np.ndarray, list[np.ndarray]]],
+    rng: np.random.Generator,
+    *,
+    iterations: int,
+    patch: int,
+    device: torch.device,
+    report: ProgressFn,
+    span: tuple[float, float] = (0.05, 0.55),
+    checkpoints: Checkpoints | None = None,
+    block: int | None = None,
+) -> None:
+    """Train the SE V-Net on ``(image [0, 1], mask, lesion centres)`` volumes (the module's recipe).
+
+    Batches of 2 ``patch``^3 patches, two thirds centred near a lesion, drawn from ``rng``. With
+    ``checkpoints``, the state (network, optimiser, schedule, ``rng`` and torch's global generator)
+    is saved every ``block`` iterations (an "epoch" of the V-Net) and an interrupted run resumes
+    from the last one: the same batches, hence the same network, as an uninterrupted run.
+    """
+    dice = DiceLoss(sigmoid=True)
+    opt = torch.optim.Adam(seg.parameters(), lr=SEG_LR)
+    sched = one_cycle(opt, SEG_LR, max(1, iterations), 0.1)
+    block = max(1, block or iterations)
+    state: dict[str, Stateful] = {"seg": seg, "opt": opt, "sched": sched}
+    gens = {"torch": torch.default_generator}
+    extra: dict[str, Any] = {}
+    done = min(iterations, block * checkpoints.restore(state, gens, extra)) if checkpoints is not None else 0
+    if done:
+        rng.bit_generator.state = extra["rng"]
+        report(span[0] + span[1] * done / iterations, f"SE V-Net resumed after iteration {done}/{iterations}")
+    seg.train()
+    running = float(extra.get("running", 0.0))
+    for it in range(done, iterations):
+        xb, yb = _seg_batch(data, rng, SEG_BATCH, patch)
+        xb, yb = xb.to(device), yb.to(device)
+        logits = seg(xb)
+        loss = dice(logits, yb) + F.binary_cross_entropy_with_logits(logits, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running = 0.9 * running + 0.1 * float(loss.detach()) if it else float(loss.detach())
+        if checkpoints is not None and ((it + 1) % block == 0 or it + 1 == iterations):
+            checkpoints.save(-(-(it + 1) // block), state, gens, {"rng": rng.bit_generator.state, "running": running})
+        if (it + 1) % max(1, iterations // 10) == 0:
+            report(span[0] + span[1] * (it + 1) / iterations,
+                   f"SE V-Net iteration {it + 1}/{iterations}: loss {running:.3f}")
+
+
+def fit_classifier(
+    clf: SEResNet3d,
+    x_tr: torch.Tensor,
+    y_tr: torch.Tensor,
+    *,
+    epochs: int,
+    seed: int,
+    device: torch.device,
+    report: ProgressFn,
+    span: tuple[float, float] = (0.65, 0.3),
+    checkpoints: Checkpoints | None = None,
+) -> None:
+    """Train the 3D SE-ResNet on patches ``(N, 1, 32, 48, 48)`` and labels ``(N, 1)`` (the module's recipe).
+
+    With ``checkpoints``, every epoch is saved and an interrupted run resumes from the last one.
+    """
+    opt = torch.optim.Adam(clf.parameters(), lr=CLS_LR, weight_decay=1e-4)
+    steps = math.ceil(len(x_tr) / CLS_BATCH)
+    sched = one_cycle(opt, CLS_LR, max(1, steps * epochs), 0.2)
     gen = torch.Generator().manual_seed(seed)
-    for epoch in range(cls_epochs):
+    state: dict[str, Stateful] = {"clf": clf, "opt": opt, "sched": sched}
+    gens = {"gen": gen, "torch": torch.default_generator}
+    done = checkpoints.restore(state, gens) if checkpoints is not None else 0
+    if done:
+        report(span[0] + span[1] * done / epochs, f"SE-ResNet resumed after epoch {done}/{epochs}")
+    for epoch in range(done, epochs):
         clf.train()
         order = torch.randperm(len(x_tr), generator=gen)
         total = 0.0
         for b in range(steps):
-            idx = order[b * batch : (b + 1) * batch]
-            logits = clf(x_tr[idx].to(dev))
-            loss = F.binary_cross_entropy_with_logits(logits, y_tr[idx].to(dev))
+            idx = order[b * CLS_BATCH : (b + 1) * CLS_BATCH]
+            logits = clf(x_tr[idx].to(device))
+            loss = F.binary_cross_entropy_with_logits(logits, y_tr[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(idx)
-        report(0.65 + 0.3 * (epoch + 1) / cls_epochs, f"SE-ResNet epoch {epoch + 1}/{cls_epochs}: loss {total / len(x_tr):.3f}")
-    threshold = 0.5
-    cls_perf = _evaluate_cls(clf, x_ho, y_ho, threshold, dev)
-    report(0.97, f"SE-ResNet held-out: {cls_perf}")
-    seconds = time.monotonic() - t0
+        if checkpoints is not None:
+            checkpoints.save(epoch + 1, state, gens)
+        report(span[0] + span[1] * (epoch + 1) / epochs,
+               f"SE-ResNet epoch {epoch + 1}/{epochs}: loss {total / len(x_tr):.3f}")
 
+
+def write_bundle(
+    out_dir: Path,
+    seg: SEVNet,
+    clf: SEResNet3d,
+    spec: CTSpec,
+    *,
+    threshold: float,
+    version: str,
+    demo: bool,
+    intended_use: str,
+    population: str,
+    training_data: str,
+    performance: dict[str, Any],
+) -> Path:
+    """Write both networks' weights, the card (with its ``ct`` section) and the README into ``out_dir``."""
     out_dir = Path(out_dir)
     for sub in ("models", "configs", "docs"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -291,14 +404,11 @@ def train(
     torch.save({k: v.detach().cpu() for k, v in clf.state_dict().items()}, out_dir / CLS_FILE)
     card = ModelCard(
         name=NAME,
-        version=DEMO_VERSION,
+        version=version,
         title="DTC lung metastases: SE V-Net segmentation + 3D SE-ResNet RAI-refractory classifier (Gao et al. 2024 architecture)",
-        demo=True,
-        intended_use=(
-            "Demo weights trained on synthetic chest CT phantoms only, to exercise the node end to end. "
-            "Not for clinical use; not a medical device."
-        ),
-        population="synthetic non-contrast chest CT phantoms with spherical lung nodules (model_zoo.phantoms.ct); no patients",
+        demo=demo,
+        intended_use=intended_use,
+        population=population,
         modality="CT",
         network="se_vnet+se_resnet3d",
         input=InputSpec(size=spec.window, channels=1, normalisation=f"HU window {list(spec.hu_window)} -> [0, 1] at {spec.spacing_mm} mm"),
@@ -308,17 +418,8 @@ def train(
             WeightsFile(path=SEG_FILE, sha256=sha256_file(out_dir / SEG_FILE)),
             WeightsFile(path=CLS_FILE, sha256=sha256_file(out_dir / CLS_FILE)),
         ],
-        training_data=(
-            f"{n_phantoms} chest phantoms {PHANTOM_SHAPE} at 1 mm with 6 nodules of 3-20 mm each (seed {seed}); "
-            f"SE V-Net {seg_iterations} iterations of 2 x {seg_patch}^3 patches, Dice + BCE, Adam one-cycle peak {lr}; "
-            f"SE-ResNet {cls_epochs} epochs of 2 jittered copies per nodule, batch {batch}, BCE, Adam one-cycle peak {cls_lr}; held-out: {len(hold_ph)} phantoms from disjoint seeds"
-        ),
-        reported_performance={
-            **seg_perf,
-            **cls_perf,
-            "training_seconds": round(seconds, 1),
-            "training_device": f"{dev.type} ({platform.machine()})",
-        },
+        training_data=training_data,
+        reported_performance=performance,
     )
     metadata = card.model_dump(mode="json") | {
         "ct": spec.model_dump(mode="json"),
@@ -329,5 +430,4 @@ def train(
     }
     (out_dir / CARD_PATH).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     (out_dir / DOCS_PATH).write_text(_readme(card, spec), encoding="utf-8")
-    report(1.0, f"bundle written in {seconds:.0f} s")
     return out_dir

@@ -54,6 +54,7 @@ from model_zoo.site_training import (
     Checkpoints,
     TrainingDataError,
     TrainOptions,
+    json_safe,
     kfold_by_study,
     split_by_study,
     summarise_folds,
@@ -155,7 +156,7 @@ def train_site(opts: TrainOptions) -> Path:
             p, _ = fitted.predict(x_tr[torch.from_numpy(b)], dev)
             per_fold.append(_fold_figures(y_tr[b], p, fitted.threshold))
             report(0.02 + 0.5 * k / len(folds), f"fold {k}/{len(folds)}: {per_fold[-1]}")
-        cv = summarise_folds(per_fold)
+        cv = json_safe(summarise_folds(per_fold))
         cv["scope"] = "the whole pipeline (ResNet50, LASSO, random forest, threshold) refitted per fold"
         report = _sub_report(report, 0.52, 0.48, "final fit")
     fitted = _fit(x_tr, y_tr, spec, epochs, opts.seed, dev, report, opts.checkpoints("final", key))

@@ -206,6 +206,16 @@ def summarise_folds(per_fold: list[dict[str, float]]) -> dict[str, Any]:
     return summary
 
 
+def one_cycle(opt: torch.optim.Optimizer, max_lr: float, total: int,
+              pct_start: float) -> torch.optim.lr_scheduler.OneCycleLR:
+    """torch's one-cycle schedule over ``total`` steps; ``pct_start`` nudged where ``pct_start * total``
+    is exactly 1 (torch's warm-up phase would then span zero steps and divide by zero: small site
+    runs hit it, e.g. 10 iterations at 0.1, 5 at 0.2). Other totals get torch's schedule unchanged."""
+    if abs(pct_start * total - 1.0) < 1e-9:
+        pct_start = 1.5 / total
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=pct_start)
+
+
 def json_safe(value: Any) -> Any:
     """NaN (an undefined figure, e.g. the AUC of a fold of one class) -> None, recursively: JSON has no NaN."""
     if isinstance(value, float) and value != value:

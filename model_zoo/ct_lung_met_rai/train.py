@@ -44,7 +44,7 @@ from model_zoo.nets.se_resnet3d import SEResNet3d
 from model_zoo.nets.se_vnet import SEVNet
 from model_zoo.phantoms.ct import ChestPhantom, chest_phantom
 from model_zoo.progress import ProgressFn, reporter
-from model_zoo.site_training import Checkpoints, Stateful
+from model_zoo.site_training import Checkpoints, Stateful, one_cycle
 
 logger = logging.getLogger(__name__)
 
@@ -276,16 +276,6 @@ def train(
     )
     report(1.0, f"bundle written in {seconds:.0f} s")
     return Path(out_dir)
-
-
-def one_cycle(opt: torch.optim.Optimizer, max_lr: float, total: int,
-              pct_start: float) -> torch.optim.lr_scheduler.OneCycleLR:
-    """torch's one-cycle schedule; ``pct_start`` nudged where ``pct_start * total`` is exactly 1
-    (torch's warm-up phase would then span zero steps and divide by zero: small site runs hit it,
-    e.g. 10 iterations at 0.1). The demo's totals never do, so its schedule is unchanged."""
-    if abs(pct_start * total - 1.0) < 1e-9:
-        pct_start = 1.5 / total
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=pct_start)
 
 
 def fit_segmenter(

@@ -69,7 +69,7 @@ from model_zoo.nm_graves_i131.model import (
 from model_zoo.nm_thyroid_dx.preprocess import NORMALISATION, normalise
 from model_zoo.phantoms.nm_graves import CURE_AREA_CUTOFF_MM2, LABEL_NOISE, GravesPhantom, graves_case, graves_dataset
 from model_zoo.progress import ProgressFn, reporter
-from model_zoo.site_training import Checkpoints, Stateful
+from model_zoo.site_training import Checkpoints, Stateful, one_cycle
 from model_zoo.validation.stats import youden_midpoint
 from model_zoo.validation.stats import auc_delong, binary_metrics, delong_test
 
@@ -150,7 +150,7 @@ def fit_resnet(
     labels = torch.from_numpy(y)
     steps = math.ceil(len(x) / BATCH)
     opt = torch.optim.Adam(net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=max(1, epochs * steps), pct_start=0.2)
+    sched = one_cycle(opt, LR, max(1, epochs * steps), 0.2)
     state: dict[str, Stateful] = {"net": net, "opt": opt, "sched": sched}
     done = checkpoints.restore(state, {"gen": gen}) if checkpoints is not None else 0
     if done:

@@ -26,10 +26,10 @@ from model_zoo.ct_lung_met_rai.site import (
     sphere_mask,
     write_phantoms,
 )
-from model_zoo.ct_lung_met_rai.train import fit_classifier, fit_segmenter, one_cycle
+from model_zoo.ct_lung_met_rai.train import fit_classifier, fit_segmenter
 from model_zoo.nets.se_resnet3d import SEResNet3d
 from model_zoo.nets.se_vnet import SEVNet
-from model_zoo.site_training import Checkpoints, TrainingDataError
+from model_zoo.site_training import Checkpoints, TrainingDataError, one_cycle
 
 CLI = [sys.executable, "-m", "dicom_node.cli"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # shared 2-core CI machines (as the demo builds)

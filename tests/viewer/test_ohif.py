@@ -188,7 +188,8 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
 
 
-def _seg_problems(result: dict[str, Any], study: Study, n_targets: int) -> list[str]:
+def _seg_problems(result: dict[str, Any], study: Study, n_targets: int, figures: list[dict[str, Any]]) -> list[str]:
+    """What is wrong with the SEG as OHIF showed it; the measured figures are appended to `figures`."""
     problems = []
     entries = opened(result, "SEG")
     if not entries:
@@ -227,6 +228,8 @@ def _seg_problems(result: dict[str, Any], study: Study, n_targets: int) -> list[
             radius_eq = float(np.sqrt(lesion.mask.sum() / np.pi)) * scale
             inner, ring = disk_overlay_fractions(Path(target["screenshot"]), (cx, cy), 0.5 * radius_eq,
                                                  1.3 * reach * scale + 3, 1.3 * reach * scale + 3 + radius_eq)
+            figures.append({"lesion_on": lesion.sop_instance_uid, "labelmap_dice": round(dice, 3),
+                            "screenshot_core_coloured": round(inner, 3), "screenshot_ring_coloured": round(ring, 3)})
             if inner < MIN_INNER_COLOURED or ring > MAX_RING_COLOURED:
                 problems.append(f"{where}: screenshot coloured {inner:.0%} over the lesion's core (>= "
                                 f"{MIN_INNER_COLOURED:.0%} wanted) and {ring:.0%} around it (<= {MAX_RING_COLOURED:.0%})")
@@ -326,8 +329,10 @@ def test_results_in_ohif(modality: str, orthanc: Orthanc, redis_url: str, viewer
         for ds in items:
             if ds.SeriesInstanceUID not in listed:
                 problems.append(f"OHIF does not list the {kind} series {ds.SeriesDescription!r}")
+    figures: list[dict[str, Any]] = []
     if study.with_seg:
-        problems += _seg_problems(result, study, len(targets))
+        problems += _seg_problems(result, study, len(targets), figures)
     problems += _sr_problems(result, study)
     problems += _sc_problems(result, {str(ds.SeriesInstanceUID) for ds in res["SC"]})
+    (artifacts / "checks.json").write_text(json.dumps({"problems": problems, "seg_figures": figures}, indent=2))
     assert not problems, f"{modality.upper()} in OHIF (screenshots in {artifacts}):\n- " + "\n- ".join(problems)

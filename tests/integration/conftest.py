@@ -16,7 +16,9 @@ import yaml
 
 from tests.peers import Orthanc, echoscu, free_port, log_tail, stop_process, wait_until
 
-REDIS_URL = "redis://127.0.0.1:6379/11"  # a database of its own; tests start from an empty Redis
+REDIS_BASE = "redis://127.0.0.1:6379"
+REDIS_DBS = range(11, 16)  # databases of our own; a test claims a free one, so two test runs never share queues
+CLAIM_KEY = "thyroid-node-tests:claimed-by"
 
 
 class NodeProcess:
@@ -87,13 +89,20 @@ class NodeProcess:
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
-    try:
-        client.ping()
-    except redis.exceptions.ConnectionError:
-        pytest.fail("no Redis on 127.0.0.1:6379 (make peers starts one)")
-    client.flushdb()  # our own database number: leftovers of an earlier run only
-    yield REDIS_URL
+    """An empty Redis database claimed for this test (another test run on the machine uses another)."""
+    for db in REDIS_DBS:
+        client = redis.Redis.from_url(f"{REDIS_BASE}/{db}", socket_timeout=2)
+        try:
+            claimed = client.set(CLAIM_KEY, os.getpid(), nx=True, ex=3600)
+        except redis.exceptions.ConnectionError:
+            pytest.fail("no Redis on 127.0.0.1:6379 (make peers starts one)")
+        if claimed:
+            break
+    else:
+        pytest.fail(f"every test Redis database {REDIS_DBS.start}-{REDIS_DBS.stop - 1} is claimed by another run")
+    client.flushdb()  # leftovers of an earlier run only
+    client.set(CLAIM_KEY, os.getpid(), ex=3600)
+    yield f"{REDIS_BASE}/{db}"
     client.flushdb()
 
 

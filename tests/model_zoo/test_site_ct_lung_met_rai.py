@@ -205,7 +205,8 @@ def test_train_then_validate_then_install(tmp_path: Path) -> None:
     detection = report["detection"]
     assert report["version"] == "0.9.0-test" and detection["labelled"] == len(labelled) == 6
     assert detection["found"] + detection["missed"] == 6
-    assert detection["found"] >= 3  # half of the unseen nodules found after seconds of training
+    # 72 iterations find the unseen nodules (6 of 6 on this CPU; 5 epochs, 60 iterations: 4 of 6)
+    assert detection["found"] >= 4 and detection["unmatched_found"] <= 2
 
     config = tmp_path / "node.yaml"
     config.write_text(f"data_dir: {tmp_path / 'var'}\n")

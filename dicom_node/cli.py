@@ -346,6 +346,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{got.model} {got.version}: {report['nodules']} outlined nodule(s) on {report['images']} image(s), "
               f"{report['found']} found, mean Dice {report['dice']['mean'] or 0:.3f}; report: {html_path} and {json_path}")
         return 0
+    if len(got.y_true) == 0:
+        found = f" (detection: {json.dumps(got.detection)})" if got.detection is not None else ""
+        print(f"thyroid-node: {got.model} {got.version} gave no prediction to compare with a label{found}; "
+              "no figures to report", file=sys.stderr)
+        return 1
     if got.probabilities.ndim == 2:
         report = multiclass_report(got.model, got.version, [got.labels[i] for i in got.y_true], got.probabilities,
                                    list(got.labels))

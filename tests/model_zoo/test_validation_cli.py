@@ -154,3 +154,18 @@ def test_graves_i131_report_matches_the_labels(tmp_path: Path) -> None:
     assert report["accuracy"] == pytest.approx((tn + tp) / 10)
     assert report["accuracy"] >= 0.7 and report["auc"]["auc"] >= 0.8  # demo model, unseen phantoms
     assert report["comparison"]["p_value"] == pytest.approx(1.0)  # a bundle against itself
+
+
+def test_ct_with_no_lesion_found_is_a_clear_error(tmp_path: Path) -> None:
+    """Labelled lesions the model does not find: detection figures in a clear message, not a traceback."""
+    data = tmp_path / "ct"
+    study = write_ct_study(data / "s0", 6300, rows=192, slices=56, pixel_mm=1.0, slice_mm=1.5, nodules=())
+    with open(data / "labels.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["study_instance_uid", "x_mm", "y_mm", "z_mm", "diameter_mm", "refractory"])
+        writer.writeheader()
+        writer.writerow({"study_instance_uid": study.study_instance_uid, "x_mm": -45.0, "y_mm": 5.0, "z_mm": 10.0,
+                         "diameter_mm": 9.0, "refractory": 1})
+    done = _validate("ct_lung_met_rai", "--data", str(data), "--bundle", "demo", "--out", str(tmp_path / "r"),
+                     cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "no prediction" in done.stderr and '"missed": 1' in done.stderr

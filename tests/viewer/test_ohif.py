@@ -196,7 +196,8 @@ def _seg_problems(result: dict[str, Any], study: Study, n_targets: int, figures:
         return ["OHIF lists no SEG series"]
     for entry in entries:
         if not entry.get("ok"):
-            problems.append(f"SEG did not open: {entry.get('error')}")
+            page_errors = "; ".join(e.split("\n")[0] for e in result.get("errors", [])[:3])
+            problems.append(f"SEG did not open: {entry.get('error')} (page errors: {page_errors or 'none'})")
             continue
         segments = [g for s in entry["segmentation"]["segmentations"] for g in s["segments"]]
         if len(segments) < len(study.lesions):

@@ -5,30 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 # the node as a real process: the integration tests' own fixture
-from tests.integration.conftest import node_factory  # noqa: F401
+from tests.integration.conftest import node_factory, redis_url  # noqa: F401  (a Redis database claimed per test)
 from tests.peers import Orthanc
 from tests.viewer.ohif import missing_viewer_parts
 from tests.viewer.serve import ViewerServer
-
-
-# A Redis database of its own: the integration tests use 11, and a worker of theirs running at the
-# same time would take this test's jobs (and fail them: the job is not in its spool), or the reverse.
-VIEWER_REDIS_URL = "redis://127.0.0.1:6379/12"
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    client = redis.Redis.from_url(VIEWER_REDIS_URL, socket_timeout=2)
-    try:
-        client.ping()
-    except redis.exceptions.ConnectionError:
-        pytest.fail("no Redis on 127.0.0.1:6379 (make peers starts one)")
-    client.flushdb()  # our own database number: leftovers of an earlier run only
-    yield VIEWER_REDIS_URL
-    client.flushdb()
 
 
 @pytest.fixture(scope="session")

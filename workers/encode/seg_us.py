@@ -309,10 +309,44 @@ def _encode_image(
     )
     if frame is not None:
         _refer_to_frame(seg, ds, frame)
+    _add_pixel_measures(seg, image)
     seg.PatientOrientation = ds.get("PatientOrientation", "") or ""
     pin_datetimes(seg, content_datetime)
     pin_dimension_organization(seg, derive_uid("dimension-organization", uids.sop_instance_uid))
     return seg
+
+
+def _add_pixel_measures(seg: hd.seg.Segmentation, image: USImageUsed) -> None:
+    """A Pixel Measures item in the shared functional groups: the B-mode region's pixel size.
+
+    The SEG IOD asks for it only with a frame of reference (a US image has none), but viewers
+    read it unconditionally (OHIF 3.13 fails to open a SEG without it) and highdicom reads it
+    only with both Pixel Spacing and Slice Thickness. A B-mode image has no slice thickness of
+    its own: the nominal value written is the pixel's row size. An uncalibrated image gets no
+    item (its pixels have no physical size to state).
+    """
+    if image.spacing_mm is None:
+        return
+    measures = Dataset()
+    measures.PixelSpacing = [format_ds(image.spacing_mm[0]), format_ds(image.spacing_mm[1])]
+    measures.SliceThickness = format_ds(image.spacing_mm[0])
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "PixelMeasuresSequence" not in shared:
+        shared.PixelMeasuresSequence = [measures]
+    if "PlaneOrientationSequence" not in shared:
+        orientation = Dataset()
+        orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        shared.PlaneOrientationSequence = [orientation]
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        if "PlanePositionSequence" not in item:
+            position = Dataset()
+            position.ImagePositionPatient = [0, 0, 0]
+            item.PlanePositionSequence = [position]
+
+
+def format_ds(value: float) -> str:
+    """A decimal string of at most 16 characters."""
+    return f"{value:.10g}"[:16]
 
 
 def encode_us_segs(

@@ -281,10 +281,9 @@ class Spool:
     def outputs_complete(self, job_id: str, route: str) -> bool:
         return (self.out_dir(job_id, route) / ".complete").exists()
 
-    def publish_outputs(self, job_id: str, route: str, files: dict[str, bytes]) -> Path:
-        """Write a route's output objects at once: all of them appear, or none."""
-        final = self.out_dir(job_id, route)
-        staging = self.tmp / f"out-{job_id}-{route}-{os.getpid()}-{threading.get_ident()}"
+    def _stage(self, tag: str, files: dict[str, bytes]) -> Path:
+        """A folder in ``tmp/`` holding ``files``, fsynced, with a ``.complete`` marker."""
+        staging = self.tmp / f"{tag}-{os.getpid()}-{threading.get_ident()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         for name, data in files.items():
@@ -293,11 +292,33 @@ class Spool:
                 fh.flush()
                 os.fsync(fh.fileno())
         (staging / ".complete").touch()
+        return staging
+
+    def publish_outputs(self, job_id: str, route: str, files: dict[str, bytes]) -> Path:
+        """Write a route's output objects at once: all of them appear, or none."""
+        final = self.out_dir(job_id, route)
+        staging = self._stage(f"out-{job_id}-{route}", files)
         final.parent.mkdir(exist_ok=True)  # never recreate a job folder that has moved on
         if final.exists():  # a re-delivered task: same bytes, replace
             shutil.rmtree(final)
         os.replace(staging, final)
         _fsync_dir(final.parent)
+        return final
+
+    def fallback_dir(self, job_id: str, route: str) -> Path:
+        """Where a route's fallback Secondary Captures live (complete once it holds ``.complete``)."""
+        return self.out_dir(job_id, route) / "fallback"
+
+    def publish_fallback(self, job_id: str, route: str, files: dict[str, bytes]) -> Path:
+        """Write a route's fallback objects at once; a folder another task published first is kept
+        (fallback objects are deterministic: the same bytes)."""
+        final = self.fallback_dir(job_id, route)
+        staging = self._stage(f"fallback-{job_id}-{route}", files)
+        if final.exists():
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, final)
+            _fsync_dir(final.parent)
         return final
 
     def outputs(self, job_id: str, route: str) -> list[Path]:

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import shutil
-import threading
 from pathlib import Path
 from typing import Final
 
@@ -32,7 +29,6 @@ from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
 
-FALLBACK_DIR: Final[str] = "fallback"
 #: file name prefix of each kind's fallback objects: the kind they stand in for
 PREFIXES: Final[tuple[str, ...]] = ("seg", "sr")
 _DEFAULT_SOFTWARE: Final[str] = "thyroid-ai-node"
@@ -131,22 +127,10 @@ def fallback_files(spool: Spool, job_id: str, route: str, kinds: set[str]) -> li
     FallbackError
         When a kind is asked for and none of its fallback objects could be made.
     """
-    folder = spool.out_dir(job_id, route) / FALLBACK_DIR
+    folder = spool.fallback_dir(job_id, route)
     if not (folder / ".complete").exists():
         files = render(spool, job_id, route)
-        staging = spool.tmp / f"fallback-{job_id}-{route}-{os.getpid()}-{threading.get_ident()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        for name, data in files.items():
-            with open(staging / name, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        (staging / ".complete").touch()
-        if folder.exists():  # another task made it meanwhile: the same bytes
-            shutil.rmtree(staging)
-        else:
-            os.replace(staging, folder)
+        spool.publish_fallback(job_id, route, files)
         log.info("job %s route %s: %d fallback SC(s) made", job_id, route, len(files))
     out = []
     for kind in sorted(kinds):

@@ -32,7 +32,6 @@ from workers.encode.sc_us import encode_nodule_sc
 from workers.encode.seg_us import encode_us_segs
 from workers.encode.sr_us import encode_us_sr
 from workers.export import declared, export_route, kind_of, replaced_kinds
-from workers.fallback import FALLBACK_DIR
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -233,14 +232,14 @@ def test_fallback_survives_a_transient_failure_and_is_made_once(scps: list[SCP],
     with pytest.raises(TransientSendError):
         export_route(spool, settings, JOB, ROUTE)  # "later" is down
     first = len(refusing.received)
-    folder = spool.out_dir(JOB, ROUTE) / FALLBACK_DIR
+    folder = spool.fallback_dir(JOB, ROUTE)
     made = {p.name: p.read_bytes() for p in folder.glob("*.dcm")}
     assert made and (folder / ".complete").exists()
     later = SCP((SC,), port=port).start()
     scps.append(later)
     export_route(spool, settings, JOB, ROUTE)  # the retry
     assert len(refusing.received) == first  # nothing sent twice to the one that had it all
-    folder = spool.out_dir(JOB, ROUTE) / FALLBACK_DIR  # the job has moved to done/
+    folder = spool.fallback_dir(JOB, ROUTE)  # the job has moved to done/
     assert JOB in list(spool.jobs("done"))
     assert {p.name: p.read_bytes() for p in folder.glob("*.dcm")} == made
     assert sorted(uid for _, uid, _ in later.received) == sorted(uid for _, uid, _ in refusing.received)

@@ -76,7 +76,7 @@ class LegendText:
 
 
 @functools.lru_cache(maxsize=8)
-def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
+def ui_font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
     """DejaVu Sans from matplotlib's own data: present wherever matplotlib is."""
     props = font_manager.FontProperties(family="DejaVu Sans", weight="bold" if bold else "normal")
     return ImageFont.truetype(font_manager.findfont(props, fallback_to_default=True), size)
@@ -165,7 +165,7 @@ def _overlay(grey: np.ndarray, heat: np.ndarray) -> np.ndarray:
     return np.round(np.clip(out, 0.0, 255.0)).astype(np.uint8)
 
 
-def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
+def wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
     lines: list[str] = []
     for word in text.split():
         if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
@@ -176,7 +176,7 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont, wi
 
 
 def _draw_demo_band(canvas: Image.Image, y: int, text: str) -> int:
-    font = _font(22, bold=True)
+    font = ui_font(22, bold=True)
     height = 40
     draw = ImageDraw.Draw(canvas)
     draw.rectangle([0, y, canvas.width, y + height - 1], fill=_DEMO_RED)
@@ -185,7 +185,7 @@ def _draw_demo_band(canvas: Image.Image, y: int, text: str) -> int:
 
 
 def _draw_rows(draw: ImageDraw.ImageDraw, rows: Sequence[LegendRow], y: int, width: int) -> int:
-    font, bold = _font(14), _font(14, bold=True)
+    font, bold = ui_font(14), ui_font(14, bold=True)
     label_w = max(int(draw.textlength(r.label, font=bold)) for r in rows) + 12
     bar_x0, bar_x1 = _PAD + label_w, width - _PAD - 60
     for row in rows:
@@ -202,10 +202,10 @@ def _draw_rows(draw: ImageDraw.ImageDraw, rows: Sequence[LegendRow], y: int, wid
 
 def _draw_colour_bar(canvas: Image.Image, y: int) -> int:
     draw = ImageDraw.Draw(canvas)
-    font = _font(14)
+    font = ui_font(14)
     label = "Grad-CAM"
-    draw.text((_PAD, y), label, font=_font(14, bold=True), fill=_WHITE)
-    x0 = _PAD + int(draw.textlength(label, font=_font(14, bold=True))) + 12
+    draw.text((_PAD, y), label, font=ui_font(14, bold=True), fill=_WHITE)
+    x0 = _PAD + int(draw.textlength(label, font=ui_font(14, bold=True))) + 12
     x0 += int(draw.textlength("low", font=font)) + 8
     x1 = canvas.width - _PAD - int(draw.textlength("high", font=font)) - 8
     ramp = np.linspace(0.0, 1.0, max(2, x1 - x0))[None, :].repeat(16, axis=0)
@@ -243,14 +243,14 @@ def compose(image: np.ndarray, legend: LegendText) -> np.ndarray:
     canvas.paste(Image.fromarray(image), ((width - image.shape[1]) // 2, y))
     y += image.shape[0] + _PAD
     draw = ImageDraw.Draw(canvas)
-    for line in _wrap(draw, legend.title, _font(16, bold=True), width - 2 * _PAD):
-        draw.text((_PAD, y), line, font=_font(16, bold=True), fill=_WHITE)
+    for line in wrap(draw, legend.title, ui_font(16, bold=True), width - 2 * _PAD):
+        draw.text((_PAD, y), line, font=ui_font(16, bold=True), fill=_WHITE)
         y += 21
-    draw.text((_PAD, y), legend.model_line, font=_font(14), fill=_GREY)
+    draw.text((_PAD, y), legend.model_line, font=ui_font(14), fill=_GREY)
     y += 24
     for detail in legend.details:
-        for line in _wrap(draw, detail, _font(14), width - 2 * _PAD):
-            draw.text((_PAD, y), line, font=_font(14), fill=_WHITE)
+        for line in wrap(draw, detail, ui_font(14), width - 2 * _PAD):
+            draw.text((_PAD, y), line, font=ui_font(14), fill=_WHITE)
             y += 19
     if legend.details:
         y += 5
@@ -259,13 +259,13 @@ def compose(image: np.ndarray, legend: LegendText) -> np.ndarray:
     if text is None and predicted is not None:
         text = f"Prediction: {predicted.label} ({predicted.probability * 100:.1f}%)"
     if text is not None:
-        for line in _wrap(draw, text, _font(16, bold=True), width - 2 * _PAD):
-            draw.text((_PAD, y), line, font=_font(16, bold=True), fill=_YELLOW)
+        for line in wrap(draw, text, ui_font(16, bold=True), width - 2 * _PAD):
+            draw.text((_PAD, y), line, font=ui_font(16, bold=True), fill=_YELLOW)
             y += 21
         y += 4
     y = _draw_rows(draw, legend.rows, y, width) + 6
     y = _draw_colour_bar(canvas, y)
-    draw.text((_PAD, y), legend.source_line, font=_font(12), fill=_GREY)
+    draw.text((_PAD, y), legend.source_line, font=ui_font(12), fill=_GREY)
     y += 18
     if legend.disclaimer:
         y = _draw_demo_band(canvas, y + 4, legend.disclaimer)

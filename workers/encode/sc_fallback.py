@@ -30,7 +30,6 @@ same objects for every destination and every retry, and a re-send replaces.
 from __future__ import annotations
 
 import datetime
-import functools
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -39,12 +38,12 @@ from typing import Final
 
 import highdicom as hd
 import numpy as np
-from matplotlib import font_manager
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 
 from workers.encode.codes import SOURCE_IMAGE_FOR_PROCESSING
 from workers.encode.common import DEFAULT_MANUFACTURER, number_of_frames
+from workers.encode.heatmap_render import ui_font, wrap
 from workers.encode.fallback_read import Findings, FindingGroup, ImageRef, SegOutlines
 from workers.encode.heatmap_render import OUTLINE_RGB, OUTLINE_WIDTH, window_to_uint8
 from workers.encode.sc import LUNG_WINDOW, secondary_capture
@@ -83,26 +82,10 @@ def colour(segment_number: int) -> tuple[int, int, int]:
     return PALETTE[(segment_number - 1) % len(PALETTE)]
 
 
-@functools.lru_cache(maxsize=8)
-def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
-    props = font_manager.FontProperties(family="DejaVu Sans", weight="bold" if bold else "normal")
-    return ImageFont.truetype(font_manager.findfont(props, fallback_to_default=True), size)
-
-
-def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
-    lines: list[str] = []
-    for word in text.split():
-        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
-            lines[-1] = f"{lines[-1]} {word}"
-        else:
-            lines.append(word)
-    return lines or [""]
-
-
 def _band(canvas: Image.Image, y: int, text: str) -> int:
     draw = ImageDraw.Draw(canvas)
     draw.rectangle([0, y, canvas.width, y + DEMO_BAND - 1], fill=_RED)
-    draw.text((canvas.width // 2, y + DEMO_BAND // 2), text, font=_font(22, bold=True), fill=_WHITE, anchor="mm")
+    draw.text((canvas.width // 2, y + DEMO_BAND // 2), text, font=ui_font(22, bold=True), fill=_WHITE, anchor="mm")
     return y + DEMO_BAND
 
 
@@ -196,24 +179,24 @@ def render_outlines(
     y = _band(canvas, 0, disclaimer) if disclaimer else 0
     canvas.paste(Image.fromarray(image), (place.left, y))
     draw = ImageDraw.Draw(canvas)
-    font = _font(16, bold=True)
+    font = ui_font(16, bold=True)
     for number, top, right in labels:  # the number beside the outline, white on black
         x = min(place.left + right + 4, width - 24)
         ty = max(y + top - 18, y)
         draw.text((x, ty), str(number), font=font, fill=_WHITE, stroke_width=2, stroke_fill=(0, 0, 0))
     y += place.height + _PAD
-    draw.text((_PAD, y), "AI lesion outlines", font=_font(16, bold=True), fill=_WHITE)
+    draw.text((_PAD, y), "AI lesion outlines", font=ui_font(16, bold=True), fill=_WHITE)
     y += 22
     for entry in entries:
         draw.rectangle([_PAD, y + 2, _PAD + 14, y + 16], fill=colour(entry.number))
         text = f"{entry.number}  {entry.label}" + (f": {entry.summary}" if entry.summary else "")
-        for line in _wrap(draw, text, _font(14), width - 3 * _PAD - 16):
-            draw.text((_PAD + 22, y), line, font=_font(14), fill=_WHITE)
+        for line in wrap(draw, text, ui_font(14), width - 3 * _PAD - 16):
+            draw.text((_PAD + 22, y), line, font=ui_font(14), fill=_WHITE)
             y += 19
         y += 3
     for text, fill in ((source_line, _GREY), (models_line, _GREY), (NOT_VERIFIED, _YELLOW)):
-        for line in _wrap(draw, text, _font(12), width - 2 * _PAD):
-            draw.text((_PAD, y), line, font=_font(12), fill=fill)
+        for line in wrap(draw, text, ui_font(12), width - 2 * _PAD):
+            draw.text((_PAD, y), line, font=ui_font(12), fill=fill)
             y += 17
     if disclaimer:
         y = _band(canvas, y + 4, disclaimer)
@@ -227,27 +210,27 @@ def _block(lines: Sequence[tuple[str, str, bool]], title: str, images: str) -> I
     """One finding's block: title bar, image line, label/value rows (wrapped, never cut)."""
     label_w = 400
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    image_lines = _wrap(measure, images, _font(13), PAGE_WIDTH - 2 * _PAD)
+    image_lines = wrap(measure, images, ui_font(13), PAGE_WIDTH - 2 * _PAD)
     rows = [
-        (_wrap(measure, label, _font(14), label_w - _PAD),
-         _wrap(measure, value, _font(14, bold=strong), PAGE_WIDTH - label_w - 2 * _PAD), strong)
+        (wrap(measure, label, ui_font(14), label_w - _PAD),
+         wrap(measure, value, ui_font(14, bold=strong), PAGE_WIDTH - label_w - 2 * _PAD), strong)
         for label, value, strong in lines
     ]
     height = 34 + 18 * len(image_lines) + 19 * sum(max(len(a), len(b)) for a, b, _ in rows) + 8
     canvas = Image.new("RGB", (PAGE_WIDTH, height), (0, 0, 0))
     draw = ImageDraw.Draw(canvas)
     draw.rectangle([0, 0, PAGE_WIDTH, 28], fill=_BLOCK)
-    draw.text((_PAD, 5), title, font=_font(16, bold=True), fill=_YELLOW)
+    draw.text((_PAD, 5), title, font=ui_font(16, bold=True), fill=_YELLOW)
     y = 34
     for line in image_lines:
-        draw.text((_PAD, y), line, font=_font(13), fill=_GREY)
+        draw.text((_PAD, y), line, font=ui_font(13), fill=_GREY)
         y += 18
     for label_lines, value_lines, strong in rows:
         for k in range(max(len(label_lines), len(value_lines))):
             if k < len(label_lines):
-                draw.text((_PAD + 10, y), label_lines[k], font=_font(14), fill=_GREY)
+                draw.text((_PAD + 10, y), label_lines[k], font=ui_font(14), fill=_GREY)
             if k < len(value_lines):
-                draw.text((label_w + _PAD, y), value_lines[k], font=_font(14, bold=strong), fill=_WHITE)
+                draw.text((label_w + _PAD, y), value_lines[k], font=ui_font(14, bold=strong), fill=_WHITE)
             y += 19
     return canvas
 
@@ -282,12 +265,12 @@ def render_summary(findings: Findings, image_names: Mapping[tuple[str, int | Non
         blocks.append(_block(lines, group.title, images))
     n = len(findings.groups)
     heading = [
-        ("AI findings summary", _font(22, bold=True), _WHITE),
-        (findings.procedure or "", _font(15), _GREY),
+        ("AI findings summary", ui_font(22, bold=True), _WHITE),
+        (findings.procedure or "", ui_font(15), _GREY),
         (f"{n} finding{'s' if n != 1 else ''} in the structured report "
-         f"'{findings.series_description}'.", _font(15), _WHITE),
-        ("Models: " + (", ".join(findings.algorithms) or "not named"), _font(14), _GREY),
-        (NOT_VERIFIED + (" Not for clinical use." if findings.disclaimer else ""), _font(14, bold=True), _YELLOW),
+         f"'{findings.series_description}'.", ui_font(15), _WHITE),
+        ("Models: " + (", ".join(findings.algorithms) or "not named"), ui_font(14), _GREY),
+        (NOT_VERIFIED + (" Not for clinical use." if findings.disclaimer else ""), ui_font(14, bold=True), _YELLOW),
     ]
     pages: list[list[Image.Image]] = [[]]
     used = 200
@@ -305,17 +288,17 @@ def render_summary(findings: Findings, image_names: Mapping[tuple[str, int | Non
         y += _PAD
         draw = ImageDraw.Draw(canvas)
         for text, font, fill in heading if k == 1 else heading[:1]:
-            for line in _wrap(draw, text, font, PAGE_WIDTH - 2 * _PAD):
+            for line in wrap(draw, text, font, PAGE_WIDTH - 2 * _PAD):
                 draw.text((_PAD, y), line, font=font, fill=fill)
                 y += int(font.size) + 6
         y += 6
         if not page_blocks:
-            draw.text((_PAD, y), "No finding reported.", font=_font(15), fill=_WHITE)
+            draw.text((_PAD, y), "No finding reported.", font=ui_font(15), fill=_WHITE)
             y += 24
         for block in page_blocks:
             canvas.paste(block, (0, y))
             y += block.height + 8
-        draw.text((_PAD, y), f"Page {k} of {len(pages)}", font=_font(12), fill=_GREY)
+        draw.text((_PAD, y), f"Page {k} of {len(pages)}", font=ui_font(12), fill=_GREY)
         y += 20
         if findings.disclaimer:
             y = _band(canvas, y, findings.disclaimer)

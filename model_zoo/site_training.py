@@ -194,6 +194,11 @@ def kfold_by_study(y: Sequence[int] | np.ndarray, studies: Sequence[str], k: int
     return folds
 
 
+def sub_report(report: ProgressFn, start: float, span: float, prefix: str) -> ProgressFn:
+    """Progress of one part of a run (a fold, the final fit), mapped onto ``[start, start + span]``."""
+    return lambda frac, msg: report(start + span * frac, f"{prefix}: {msg}")
+
+
 def summarise_folds(per_fold: list[dict[str, float]]) -> dict[str, Any]:
     """Per-fold figures and their mean and standard deviation, for the card."""
     keys = sorted({key for fold in per_fold for key in fold if key != "n"})

@@ -90,6 +90,7 @@ from model_zoo.nets.se_resnet3d import SEResNet3d
 from model_zoo.nets.se_vnet import SEVNet
 from model_zoo.progress import ProgressFn
 from model_zoo.site_training import (
+    sub_report,
     Checkpoints,
     TrainingDataError,
     TrainOptions,
@@ -365,10 +366,6 @@ def _binary(t: np.ndarray, p: np.ndarray, prefix: str) -> dict[str, float]:
     }
 
 
-def _sub_report(report: ProgressFn, start: float, span: float, prefix: str) -> ProgressFn:
-    return lambda frac, msg: report(start + span * frac, f"{prefix}: {msg}")
-
-
 def _unique(items: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
@@ -422,7 +419,7 @@ def train_site(opts: TrainOptions) -> Path:
         for k, (a, b) in enumerate(folds, start=1):
             fit_uids = _unique([item_s[train_idx[i]] for i in a])
             val_uids = _unique([item_s[train_idx[i]] for i in b])
-            sub = _sub_report(report, 0.05 + 0.45 * (k - 1) / len(folds), 0.45 / len(folds), f"fold {k}/{len(folds)}")
+            sub = sub_report(report, 0.05 + 0.45 * (k - 1) / len(folds), 0.45 / len(folds), f"fold {k}/{len(folds)}")
             seg, clf = fit_networks([prepared[u] for u in fit_uids], spec, epochs=epochs, seed=opts.seed + k,
                                     device=dev, report=sub, checkpoints=(opts.checkpoints(f"fold{k}-seg", key),
                                                                          opts.checkpoints(f"fold{k}-cls", key)))
@@ -437,7 +434,7 @@ def train_site(opts: TrainOptions) -> Path:
         cv = json_safe(summarise_folds(per_fold))
         cv["scope"] = ("both networks refitted per fold; detection and matched_* figures: the bundle run as the node "
                        "runs it; auc, accuracy: the classifier on the labelled centres")
-        report = _sub_report(report, 0.5, 0.5, "final fit")
+        report = sub_report(report, 0.5, 0.5, "final fit")
 
     train_set = [prepared[u] for u in train_uids]
     seg, clf = fit_networks(train_set, spec, epochs=epochs, seed=opts.seed, device=dev, report=report,

@@ -51,6 +51,7 @@ from model_zoo.nm_thyroid_dx.preprocess import prepare
 from model_zoo.phantoms.nm_graves import graves_case, write_graves_study
 from model_zoo.progress import ProgressFn
 from model_zoo.site_training import (
+    sub_report,
     Checkpoints,
     TrainingDataError,
     TrainOptions,
@@ -116,10 +117,6 @@ def _fold_figures(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, f
     return out
 
 
-def _sub_report(report: ProgressFn, start: float, span: float, prefix: str) -> ProgressFn:
-    return lambda frac, msg: report(start + span * frac, f"{prefix}: {msg}")
-
-
 def train_site(opts: TrainOptions) -> Path:
     """Train the seed-001 pipeline on a labelled folder and write a bundle (``demo`` false)."""
     t0 = time.monotonic()
@@ -149,7 +146,7 @@ def train_site(opts: TrainOptions) -> Path:
         folds = kfold_by_study(y_tr, train_uids, opts.folds, opts.seed)
         for k, (a, b) in enumerate(folds, start=1):
             _check_counts(y_tr[a], f"fold {k} training part")
-            fold_report = _sub_report(report, 0.02 + 0.5 * (k - 1) / len(folds), 0.5 / len(folds),
+            fold_report = sub_report(report, 0.02 + 0.5 * (k - 1) / len(folds), 0.5 / len(folds),
                                       f"fold {k}/{len(folds)}")
             fitted = _fit(x_tr[torch.from_numpy(a)], y_tr[a], spec, epochs, opts.seed + k, dev, fold_report,
                           opts.checkpoints(f"fold{k}", key))
@@ -158,7 +155,7 @@ def train_site(opts: TrainOptions) -> Path:
             report(0.02 + 0.5 * k / len(folds), f"fold {k}/{len(folds)}: {per_fold[-1]}")
         cv = json_safe(summarise_folds(per_fold))
         cv["scope"] = "the whole pipeline (ResNet50, LASSO, random forest, threshold) refitted per fold"
-        report = _sub_report(report, 0.52, 0.48, "final fit")
+        report = sub_report(report, 0.52, 0.48, "final fit")
     fitted = _fit(x_tr, y_tr, spec, epochs, opts.seed, dev, report, opts.checkpoints("final", key))
     hold = torch.from_numpy(hold_idx)
     return write_bundle(

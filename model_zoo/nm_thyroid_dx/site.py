@@ -26,7 +26,7 @@ from model_zoo.demo import DEMO_RECIPES
 from model_zoo.nm_thyroid_dx.train import evaluate, fit, fit_and_write
 from model_zoo.phantoms.nm import write_nm_study
 from model_zoo.progress import ProgressFn
-from model_zoo.site_training import TrainOptions, kfold_by_study, split_by_study, summarise_folds
+from model_zoo.site_training import TrainOptions, kfold_by_study, split_by_study, summarise_folds, sub_report
 from model_zoo.validation.collect import ValidationDataError, read_labels, read_studies, write_labels
 
 logger = logging.getLogger(__name__)
@@ -77,14 +77,14 @@ def train_site(opts: TrainOptions) -> Path:
         train_uids = [uids[i] for i in train_idx]
         folds = kfold_by_study(y[train_idx].numpy(), train_uids, opts.folds, opts.seed)
         for k, (a, b) in enumerate(folds, start=1):
-            fold_report = _sub_report(report, 0.02 + 0.4 * (k - 1) / len(folds), 0.4 / len(folds), f"fold {k}/{len(folds)}")
+            fold_report = sub_report(report, 0.02 + 0.4 * (k - 1) / len(folds), 0.4 / len(folds), f"fold {k}/{len(folds)}")
             net = fit(x[train_idx][a], y[train_idx][a], epochs=epochs, seed=opts.seed + k, device=dev,
                       report=fold_report, checkpoints=opts.checkpoints(f"fold{k}", key))
             cm = evaluate(net, x[train_idx][b], y[train_idx][b], dev)
             per_fold.append({"accuracy": round(float(np.trace(cm) / cm.sum()), 4), "n": int(cm.sum())})
             report(0.02 + 0.4 * k / len(folds), f"fold {k}/{len(folds)}: accuracy {per_fold[-1]['accuracy']:.3f}")
         cv = summarise_folds(per_fold)
-        report = _sub_report(report, 0.42, 0.58, "final fit")
+        report = sub_report(report, 0.42, 0.58, "final fit")
     return fit_and_write(
         Path(opts.out_dir), x[train_idx], y[train_idx], x[hold_idx], y[hold_idx], epochs=epochs, seed=opts.seed,
         input_size=input_size, device=dev, report=report, started=t0, version=opts.version, demo=False,
@@ -97,11 +97,6 @@ def train_site(opts: TrainOptions) -> Path:
         ),
         checkpoints=opts.checkpoints("final", key), cross_validation=cv,
     )
-
-
-def _sub_report(report: ProgressFn, start: float, span: float, prefix: str) -> ProgressFn:
-    """Progress of one part of a run, mapped onto ``[start, start + span]`` of the whole."""
-    return lambda frac, msg: report(start + span * frac, f"{prefix}: {msg}")
 
 
 def write_phantoms(out_dir: Path, n: int, seed: int) -> Path:

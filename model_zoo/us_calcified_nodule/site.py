@@ -27,7 +27,7 @@ import torch
 
 from model_zoo.phantoms.us import training_set
 from model_zoo.progress import ProgressFn
-from model_zoo.site_training import Checkpoints, TrainOptions, kfold_by_study, split_by_study, summarise_folds
+from model_zoo.site_training import Checkpoints, TrainOptions, kfold_by_study, split_by_study, summarise_folds, sub_report
 from model_zoo.us_calcified_nodule.model import BACKBONES, USCalcifiedSpec, crop_input, nodule_box
 from model_zoo.us_calcified_nodule.train import BATCH, DEMO_RECIPE, LR, fit_backbones, write_bundle
 from model_zoo.us_site_data import USNodule, read_us_folder, write_phantom_folder
@@ -46,10 +46,6 @@ def crops(nodules: list[USNodule], spec: USCalcifiedSpec) -> dict[int, torch.Ten
         for s in sizes:
             out[s].append(crop_input(grey, box, s))
     return {s: torch.stack(v) for s, v in out.items()}
-
-
-def _sub(report: ProgressFn, start: float, span: float, prefix: str) -> ProgressFn:
-    return lambda frac, msg: report(start + span * frac, f"{prefix}: {msg}")
 
 
 def _take(x: dict[int, torch.Tensor], idx: np.ndarray) -> dict[int, torch.Tensor]:
@@ -89,7 +85,7 @@ def train_site(opts: TrainOptions) -> Path:
         per_fold = []
         folds = kfold_by_study(y[train_idx], [uids[i] for i in train_idx], opts.folds, opts.seed)
         for k, (a, b) in enumerate(folds, start=1):
-            sub = _sub(report, 0.05 + 0.45 * (k - 1) / len(folds), 0.45 / len(folds), f"fold {k}/{len(folds)}")
+            sub = sub_report(report, 0.05 + 0.45 * (k - 1) / len(folds), 0.45 / len(folds), f"fold {k}/{len(folds)}")
             torch.manual_seed(opts.seed + k)
             gen = torch.Generator().manual_seed(opts.seed + k)
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from model_zoo.demo import DEMO_NETWORKS, DEMO_RECIPES
 from model_zoo.progress import ProgressFn
-from model_zoo.site_training import TrainOptions, kfold_by_study, split_by_study, summarise_folds
+from model_zoo.site_training import TrainOptions, kfold_by_study, split_by_study, summarise_folds, sub_report
 from model_zoo.us_lvlnm.radiomics import LIGHT_PARAMS
 from model_zoo.us_lvlnm.train import Nodule, _metrics, fit_parts, score, write_bundle
 from model_zoo.us_site_data import read_us_folder, write_phantom_folder
@@ -34,10 +34,6 @@ from model_zoo.validation.collect import ValidationDataError
 from model_zoo.validation.stats import auc_delong
 
 logger = logging.getLogger(__name__)
-
-
-def _sub(report: ProgressFn, start: float, span: float, prefix: str) -> ProgressFn:
-    return lambda frac, msg: report(start + span * frac, f"{prefix}: {msg}")
 
 
 def train_site(opts: TrainOptions) -> Path:
@@ -73,7 +69,7 @@ def train_site(opts: TrainOptions) -> Path:
             per_fold = []
             folds = kfold_by_study(y[train_idx], [uids[i] for i in train_idx], opts.folds, opts.seed)
             for k, (a, b) in enumerate(folds, start=1):
-                sub = _sub(report, 0.05 + 0.45 * (k - 1) / len(folds), 0.45 / len(folds), f"fold {k}/{len(folds)}")
+                sub = sub_report(report, 0.05 + 0.45 * (k - 1) / len(folds), 0.45 / len(folds), f"fold {k}/{len(folds)}")
                 fold = fit_parts([training[i] for i in a], seed=opts.seed + k, densenet_epochs=epochs, device=dev,
                                  report=sub, checkpoints=opts.checkpoints(f"fold{k}", key), **params)
                 p, _ = score(fold, [training[i] for i in b], dev)
@@ -84,7 +80,7 @@ def train_site(opts: TrainOptions) -> Path:
                 report(0.05 + 0.45 * k / len(folds), f"fold {k}/{len(folds)}: AUC {auc:.3f}, accuracy {acc:.3f}")
             cv = summarise_folds(per_fold)
             span_start = 0.5
-        final_report = _sub(report, span_start, 0.4, "final fit")
+        final_report = sub_report(report, span_start, 0.4, "final fit")
         fitted = fit_parts(training, seed=opts.seed, densenet_epochs=epochs, device=dev, report=final_report,
                            checkpoints=opts.checkpoints("final", key), **params)
     except ValueError as exc:  # too few nodules of a class for the 5-fold LASSO / MLP

@@ -31,7 +31,7 @@ from monai.networks.nets import UNet
 from model_zoo.card import ModelCard
 from model_zoo.phantoms.us import us_phantom
 from model_zoo.progress import ProgressFn
-from model_zoo.site_training import TrainOptions, kfold_by_study, split_by_study, summarise_folds
+from model_zoo.site_training import TrainOptions, kfold_by_study, split_by_study, summarise_folds, sub_report
 from model_zoo.us_nodule_seg.model import USNoduleSeg, USSegSpec
 from model_zoo.us_nodule_seg.train import (
     DEMO_NETWORK,
@@ -53,10 +53,6 @@ BATCH, LR = 8, 3e-3  # the demo's
 
 def _cases(images: list[USImage]) -> list[Case]:
     return [(im.bmode.pixels, list(im.outlines), im.bmode.spacing_mm) for im in images]
-
-
-def _sub(report: ProgressFn, start: float, span: float, prefix: str) -> ProgressFn:
-    return lambda frac, msg: report(start + span * frac, f"{prefix}: {msg}")
 
 
 def train_site(opts: TrainOptions) -> Path:
@@ -93,7 +89,7 @@ def train_site(opts: TrainOptions) -> Path:
         per_fold = []
         folds = kfold_by_study(np.ones(len(training), int), [im.study_uid for im in training], opts.folds, opts.seed)
         for k, (a, b) in enumerate(folds, start=1):
-            sub = _sub(report, 0.05 + 0.4 * (k - 1) / len(folds), 0.4 / len(folds), f"fold {k}/{len(folds)}")
+            sub = sub_report(report, 0.05 + 0.4 * (k - 1) / len(folds), 0.4 / len(folds), f"fold {k}/{len(folds)}")
             part = [training[i] for i in a]
             fx, fy, fv = prepare_pairs([(im.bmode.pixels, im.truth) for im in part], spec)
             fsteps = math.ceil(len(part) / BATCH)
@@ -107,7 +103,7 @@ def train_site(opts: TrainOptions) -> Path:
                                                 f"sensitivity {perf['heldout_sensitivity']:.3f}")
         cv = summarise_folds(per_fold)
         span = (0.45, 0.45)
-    final_report = _sub(report, span[0], span[1], "final fit") if opts.folds else report
+    final_report = sub_report(report, span[0], span[1], "final fit") if opts.folds else report
     net = fit(x, y, v, spec, seed=opts.seed, iterations=epochs * steps, batch=BATCH, lr=LR, device=dev,
               report=final_report, checkpoints=opts.checkpoints("final", key), steps_per_checkpoint=steps,
               span=(0.0, 1.0) if opts.folds else span)

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydicom import Dataset, dcmread, dcmwrite
 
-from config.settings import Settings
+from config.settings import Destination, Settings
 from dicom_node.spool import Spool
 from workers.models import load_models
 
@@ -84,6 +84,19 @@ def job_datetime(spool: Spool, job_id: str) -> datetime:
     return datetime.fromtimestamp(int(job_id.split("-", 1)[0]) / 1000.0, tz=timezone.utc).replace(tzinfo=None, microsecond=0)
 
 
+
+def ledger_salt(pipeline: str, models: list[str], destinations: list[Destination]) -> str:
+    """What, besides the input, makes a route's result the same as one already sent.
+
+    Same input, same models, same destinations (and what each accepts): already done; a new
+    PACS, a changed ``accepts`` or a new model version is processed and sent again. A
+    destination without ``accepts`` keeps the key it had before ``accepts`` existed.
+    """
+    dests = sorted(f"{d.ae_title}@{d.host}:{d.port}" + (f"[{','.join(sorted(d.accepts))}]" if d.accepts else "")
+                   for d in destinations)
+    return "|".join([pipeline, *models, *dests])
+
+
 def process_route(spool: Spool, settings: Settings, job_id: str, route_name: str) -> bool:
     """Run the route's pipeline unless its outputs already exist; True if there is something to export.
 
@@ -98,11 +111,8 @@ def process_route(spool: Spool, settings: Settings, job_id: str, route_name: str
     pipeline = get_pipeline(r["pipeline"])
     models = load_models(pipeline_models(pipeline, settings), settings)
     series = input_series(spool, job_id, list(r["series"]), pipeline)
-    # same input, same models, same destinations: already done; a new PACS or model version is not
-    salt = "|".join(
-        [r["pipeline"], *(f"{m.info.name}:{m.info.version}" for m in models.values()),
-         *sorted(f"{d.ae_title}@{d.host}:{d.port}" for d in settings.destinations)]
-    )
+    salt = ledger_salt(r["pipeline"], [f"{m.info.name}:{m.info.version}" for m in models.values()],
+                       settings.destinations)
     fingerprint = spool.fingerprint(job_id, series, salt)
     prior = spool.ledger_get(fingerprint)
     if prior is not None:

@@ -16,16 +16,16 @@ SEG and SR), so the export's sent-ledger and a re-send treat them as any other o
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 from typing import Final
 
-from pydicom import Dataset, dcmread, dcmwrite
+from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
 from dicom_node.send import PermanentSendError
 from dicom_node.spool import Spool
+from workers.infer import encode_files
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +48,6 @@ def _read_all(paths: list[Path]) -> dict[str, Path]:
             log.warning("fallback: a received instance cannot be read (%s)", type(exc).__name__)
             continue
         out[str(ds.SOPInstanceUID)] = path
-    return out
-
-
-def _encode(prefix: str, objects: list[Dataset]) -> dict[str, bytes]:
-    out = {}
-    for ds in objects:
-        buf = io.BytesIO()
-        dcmwrite(buf, ds, enforce_file_format=True)
-        out[f"{prefix}-{ds.SOPInstanceUID}.dcm"] = buf.getvalue()
     return out
 
 
@@ -106,14 +97,14 @@ def render(spool: Spool, job_id: str, route: str) -> dict[str, bytes]:
         finding = findings[0] if len(findings) == 1 else None
         try:
             scs = encode_outline_scs(outlines, sources(wanted), finding, software_version=software)
-            files.update(_encode("seg", list(scs)))
+            files.update(encode_files(list(scs), "seg-"))
         except readable as exc:
             log.error("job %s route %s: outline SCs not made: %s", job_id, route, exc)
     for report in findings:
         wanted = {r.sop_instance_uid for r in report.images()}
         try:
             pages = encode_summary_scs(report, sources(wanted), software_version=software)
-            files.update(_encode("sr", list(pages)))
+            files.update(encode_files(list(pages), "sr-"))
         except readable as exc:
             log.error("job %s route %s: summary page not made: %s", job_id, route, exc)
     return files

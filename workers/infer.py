@@ -50,13 +50,13 @@ def pipeline_models(pipeline: ModuleType, settings: Settings) -> tuple[str, ...]
     return tuple(pipeline.MODELS)
 
 
-def encode_files(objects: list[Dataset]) -> dict[str, bytes]:
-    """Serialise output datasets as DICOM files named by SOP Instance UID."""
+def encode_files(objects: list[Dataset], prefix: str = "") -> dict[str, bytes]:
+    """Serialise output datasets as DICOM files named ``<prefix><SOP Instance UID>.dcm``."""
     files = {}
     for ds in objects:
         buf = io.BytesIO()
         dcmwrite(buf, ds, enforce_file_format=True)
-        files[f"{ds.SOPInstanceUID}.dcm"] = buf.getvalue()
+        files[f"{prefix}{ds.SOPInstanceUID}.dcm"] = buf.getvalue()
     return files
 
 
